@@ -1,0 +1,29 @@
+"""Command line: ``python -m cupytv <command>`` (also installed as ``cupytv``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="cupytv", description="Fast, differentiable total-variation proximal operators."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="filter a built-in signal and image, save a PNG figure")
+    demo.add_argument("--out", type=Path, default=Path("."), help="output folder (default: .)")
+    demo.add_argument("--lam-1d", type=float, default=0.5, help="1D weight (default: 0.5)")
+    demo.add_argument("--lam-2d", type=float, default=0.08, help="2D weight (default: 0.08)")
+    demo.add_argument("--size", type=int, default=48, help="image side in pixels (default: 48)")
+    args = parser.parse_args(argv)
+
+    if args.command == "demo":
+        from .demo import run
+
+        run(args.out, lam_1d=args.lam_1d, lam_2d=args.lam_2d, size=args.size)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

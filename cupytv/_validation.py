@@ -1,0 +1,112 @@
+"""Input checks shared by every public function.
+
+Every message says what was expected and what was received, so a user can fix the call without
+reading our source. These helpers work on shapes and dtypes only; they never copy the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+#: Element types the operators compute in (float16/bfloat16 inputs are promoted by the callers).
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_float_dtype(dtype, name: str = "x") -> np.dtype:
+    """Return ``dtype`` as a NumPy dtype if it is a real floating type, else raise TypeError."""
+    dtype = np.dtype(dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name}: expected a real floating-point dtype (float16, float32 or float64), "
+            f"got {dtype}"
+        )
+    return dtype
+
+
+def normalize_axis(axis, ndim: int, name: str = "axis") -> int:
+    """Return ``axis`` as a non-negative index into ``ndim`` dimensions."""
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(axis).__name__}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"{name}: expected an axis in [{-ndim}, {ndim - 1}] for an array of {ndim} "
+            f"dimension(s), got {axis}"
+        )
+    return int(axis) % ndim
+
+
+def normalize_axes(axes, ndim: int) -> tuple[int, int]:
+    """Return two distinct non-negative axes for a 2D operator."""
+    if not isinstance(axes, Sequence) or len(axes) != 2:
+        raise ValueError(f"axes: expected a pair of distinct axes, got {axes!r}")
+    if ndim < 2:
+        raise ValueError(f"x: expected at least 2 dimensions for a 2D operator, got {ndim}")
+    a0 = normalize_axis(axes[0], ndim, "axes[0]")
+    a1 = normalize_axis(axes[1], ndim, "axes[1]")
+    if a0 == a1:
+        raise ValueError(f"axes: expected two distinct axes, got {tuple(axes)} (both are {a0})")
+    return a0, a1
+
+
+def lam_to_array(lam, x_shape: tuple[int, ...], tv_axes: tuple[int, ...], name: str = "lam"):
+    """Check one weight and return it as float64, broadcast to one value per fiber/slice.
+
+    ``lam`` may be a scalar or any array that broadcasts (NumPy rules) against ``x_shape`` with
+    the axes in ``tv_axes`` reduced to size 1. The result has exactly that reduced shape.
+    """
+    lam_arr = np.asarray(lam)
+    if lam_arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name}: expected a real number or real array, got dtype {lam_arr.dtype}")
+    lam_arr = lam_arr.astype(np.float64, copy=False)
+    reduced = tuple(1 if d in tv_axes else s for d, s in enumerate(x_shape))
+    try:
+        fits = np.broadcast_shapes(lam_arr.shape, reduced) == reduced
+    except ValueError:
+        fits = False
+    if not fits:
+        axes_txt = ", ".join(str(a) for a in tv_axes)
+        raise ValueError(
+            f"{name}: expected a scalar or an array broadcastable to {reduced} (x's shape "
+            f"{tuple(x_shape)} with TV axis/axes {axes_txt} reduced to 1), got shape "
+            f"{lam_arr.shape}"
+        )
+    if not np.all(np.isfinite(lam_arr)):
+        raise ValueError(f"{name}: expected finite values, got {_first_bad(lam_arr, np.isfinite)}")
+    if np.any(lam_arr < 0):
+        raise ValueError(
+            f"{name}: expected values >= 0, got {_first_bad(lam_arr, lambda v: v >= 0)}"
+        )
+    return np.broadcast_to(lam_arr, reduced)
+
+
+def split_lam_pair(lam) -> tuple[object, object, bool]:
+    """Split a 2D weight into (lam0, lam1, is_pair).
+
+    A tuple or list of exactly two entries is a pair (one weight per axis); anything else is one
+    weight used for both axes. NumPy arrays are never treated as pairs, so a per-slice array of
+    length 2 keeps its meaning.
+    """
+    if isinstance(lam, (tuple, list)):
+        if len(lam) != 2:
+            raise ValueError(
+                f"lam: expected a scalar, an array, or a pair (lam0, lam1), got a "
+                f"{type(lam).__name__} of length {len(lam)}"
+            )
+        return lam[0], lam[1], True
+    return lam, lam, False
+
+
+def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Sum ``grad`` over the dimensions that broadcasting added to an array of ``shape``."""
+    extra = grad.ndim - len(shape)
+    grad = grad.sum(axis=tuple(range(extra))) if extra > 0 else grad
+    squeeze = tuple(d for d, s in enumerate(shape) if s == 1 and grad.shape[d] != 1)
+    if squeeze:
+        grad = grad.sum(axis=squeeze, keepdims=True)
+    return grad.reshape(shape)
+
+
+def _first_bad(values: np.ndarray, ok) -> float:
+    return float(values[~ok(values)].flat[0])

@@ -1,0 +1,256 @@
+"""The exact 2D reference: an independent active-set solver, an optimality certificate,
+reductions to 1D, gradients and errors.
+
+Tolerances: polishing leaves only the rounding of region sums, so against dense active-set BVLS
+we allow 1e-12 * scale. The certificate finds a dual z with |z| <= lam, z = ±lam on every jump,
+and measures r = x − y − Kᵀz; y is then exactly prox(x − r), so ‖y − prox(x)‖ <= ‖r‖ (the prox
+is non-expansive). We require ‖r‖ <= 1e-9 * scale, limited by the LP solver's feasibility
+tolerance, not by the reference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from scipy.optimize import linprog, lsq_linear
+
+from cupytv.reference import prox_tv1d, prox_tv2d, prox_tv2d_vjp
+from cupytv.testing import images_2d
+
+
+def grid_edges(h, w):
+    idx = np.arange(h * w).reshape(h, w)
+    i = np.concatenate((idx[:-1, :].ravel(), idx[:, :-1].ravel()))
+    j = np.concatenate((idx[1:, :].ravel(), idx[:, 1:].ravel()))
+    axis = np.r_[np.zeros((h - 1) * w, int), np.ones(h * (w - 1), int)]
+    return i, j, axis
+
+
+def k_transpose(h, w):
+    """Kᵀ as a dense matrix: column e has +1 at pixel j and -1 at pixel i (difference y_j − y_i)."""
+    i, j, axis = grid_edges(h, w)
+    kt = np.zeros((h * w, i.size))
+    kt[j, np.arange(i.size)] = 1.0
+    kt[i, np.arange(i.size)] = -1.0
+    return kt, axis
+
+
+def bvls_prox2d(x, lam0, lam1):
+    """Independent route: the dual as dense bound-constrained least squares (active set)."""
+    h, w = x.shape
+    kt, axis = k_transpose(h, w)
+    lam_e = np.where(axis == 0, lam0, lam1)
+    keep = lam_e > 0
+    if not keep.any():
+        return x.copy()
+    res = lsq_linear(
+        kt[:, keep],
+        x.ravel(),
+        bounds=(-lam_e[keep], lam_e[keep]),
+        method="bvls",
+        tol=1e-15,
+        max_iter=100_000,
+    )
+    return (x.ravel() - kt[:, keep] @ res.x).reshape(h, w)
+
+
+def certificate_residual(x, y, lam0, lam1):
+    """‖r‖ for the best dual certificate of y's optimality (see the module docstring)."""
+    h, w = x.shape
+    i, j, axis = grid_edges(h, w)
+    lam_e = np.where(axis == 0, lam0, lam1)
+    yf, xf = y.ravel(), x.ravel()
+    d = yf[j] - yf[i]
+    free = (d == 0) & (lam_e > 0)
+    z_fixed = np.where(free, 0.0, lam_e * np.sign(d))
+    kt = sp.csr_matrix(k_transpose(h, w)[0])
+    rhs = xf - yf - kt @ z_fixed
+    if not free.any():
+        return np.linalg.norm(rhs)
+    bounds = np.c_[-lam_e[free], lam_e[free]]
+    res = linprog(
+        np.zeros(int(free.sum())),
+        A_eq=kt[:, free],
+        b_eq=rhs,
+        bounds=bounds,
+        method="highs",
+        options={"primal_feasibility_tolerance": 1e-10},
+    )
+    assert res.status == 0, f"no dual certificate exists: {res.message}"
+    return np.linalg.norm(kt[:, free] @ res.x - rhs)
+
+
+TINY_SHAPES = [(1, 1), (1, 5), (5, 1), (2, 2), (3, 4), (6, 7)]
+LAM_PAIRS = [(0.05, 0.05), (0.4, 0.4), (0.3, 0.0), (0.0, 0.7), (2.0, 0.1), (50.0, 50.0)]
+
+
+@pytest.mark.parametrize("shape", TINY_SHAPES)
+@pytest.mark.parametrize("lams", LAM_PAIRS)
+def test_matches_dense_active_set_bvls(shape, lams, rng):
+    for name, x in images_2d(*shape, rng).items():
+        scale = 1.0 + np.max(np.abs(x))
+        np.testing.assert_allclose(
+            prox_tv2d(x, lams), bvls_prox2d(x, *lams), rtol=0, atol=1e-12 * scale, err_msg=name
+        )
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (9, 23)])
+@pytest.mark.parametrize("lams", [(1e-3, 1e-3), (0.2, 0.2), (1.0, 0.3)])
+def test_optimality_certificate(shape, lams, rng):
+    for name, x in images_2d(*shape, rng).items():
+        y = prox_tv2d(x, lams)
+        scale = 1.0 + np.max(np.abs(x))
+        assert certificate_residual(x, y, *lams) <= 1e-9 * scale, name
+
+
+def test_lam_zero_is_the_exact_identity(rng):
+    x = rng.standard_normal((3, 6, 7))
+    np.testing.assert_array_equal(prox_tv2d(x, 0.0), x)
+    np.testing.assert_array_equal(prox_tv2d(x, (0.0, 0.0)), x)
+
+
+def test_huge_lam_gives_the_mean(rng):
+    x = rng.standard_normal((5, 8))
+    np.testing.assert_allclose(prox_tv2d(x, 1e6), np.full_like(x, x.mean()), rtol=0, atol=1e-12)
+
+
+def test_reductions_to_1d(rng):
+    x = rng.standard_normal((6, 9))
+    # One row: only the axis-1 weight acts.
+    np.testing.assert_allclose(prox_tv2d(x[:1], (5.0, 0.3)), prox_tv1d(x[:1], 0.3), atol=1e-13)
+    # No coupling between rows: each row is a 1D problem along axis 1, and vice versa.
+    np.testing.assert_allclose(prox_tv2d(x, (0.0, 0.3)), prox_tv1d(x, 0.3, axis=1), atol=1e-13)
+    np.testing.assert_allclose(prox_tv2d(x, (0.3, 0.0)), prox_tv1d(x, 0.3, axis=0), atol=1e-13)
+    # Rows that are all equal stay equal: the 2D solution is the 1D one copied down.
+    row = rng.standard_normal(9)
+    tiled = np.tile(row, (4, 1))
+    np.testing.assert_allclose(
+        prox_tv2d(tiled, 0.3), np.tile(prox_tv1d(row, 0.3), (4, 1)), atol=1e-13
+    )
+
+
+def test_every_axis_pair_matches_per_slice_solves(rng):
+    x = rng.standard_normal((3, 4, 5, 2))
+    for axes in [(1, 2), (2, 1), (0, 3), (-1, 0), (-2, -1)]:
+        y = prox_tv2d(x, (0.2, 0.5), axes=axes)
+        moved_x = np.moveaxis(x, axes, (-2, -1))
+        moved_y = np.moveaxis(y, axes, (-2, -1))
+        for idx in np.ndindex(moved_x.shape[:-2]):
+            np.testing.assert_array_equal(moved_y[idx], prox_tv2d(moved_x[idx], (0.2, 0.5)))
+
+
+def test_per_slice_and_per_axis_lam(rng):
+    x = rng.standard_normal((2, 3, 5, 6))
+    lam0 = rng.uniform(0, 1, (3, 1, 1))  # per channel
+    lam1 = rng.uniform(0, 1, (2, 1, 1, 1))  # per sample
+    y = prox_tv2d(x, (lam0, lam1))
+    for b in range(2):
+        for c in range(3):
+            expected = prox_tv2d(x[b, c], (lam0[c, 0, 0], lam1[b, 0, 0, 0]))
+            np.testing.assert_array_equal(y[b, c], expected)
+    # A NumPy array is never a pair: shape (2,) here would not broadcast and says so.
+    with pytest.raises(ValueError, match=r"broadcastable to \(2, 3, 1, 1\).*got shape \(2,\)"):
+        prox_tv2d(x, np.array([0.1, 0.2]))
+
+
+def test_float32_in_float32_out(rng):
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    y = prox_tv2d(x, 0.3)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, prox_tv2d(x.astype(np.float64), 0.3).astype(np.float32))
+
+
+def test_non_finite_values_stay_in_their_slice(rng):
+    x = rng.standard_normal((3, 4, 5))
+    x[1, 2, 2] = np.inf
+    y = prox_tv2d(x, 0.3)
+    assert np.all(np.isnan(y[1]))
+    for s in (0, 2):
+        np.testing.assert_array_equal(y[s], prox_tv2d(x[s], 0.3))
+
+
+def test_empty_input():
+    assert prox_tv2d(np.zeros((2, 0, 4)), 0.3).shape == (2, 0, 4)
+    grad_x, (g0, g1) = prox_tv2d_vjp(np.zeros((0, 4)), (0.1, 0.2), np.zeros((0, 4)))
+    assert grad_x.shape == (0, 4)
+    assert g0.shape == g1.shape == ()
+
+
+# ---- gradients ------------------------------------------------------------------------------
+
+
+def central_difference(f, x, direction, h=1e-6):
+    return (f(x + h * direction) - f(x - h * direction)) / (2 * h)
+
+
+@pytest.mark.parametrize(
+    "lam",
+    [0.3, (0.2, 0.6), np.array([[[0.1]], [[0.4]]]), (np.array([[[0.1]], [[0.4]]]), 0.25)],
+    ids=["scalar", "pair", "per-slice", "pair-with-array"],
+)
+def test_vjp_matches_finite_differences(lam, rng):
+    x = rng.standard_normal((2, 7, 8))
+    g = rng.standard_normal(x.shape)
+    grad_x, grad_lam = prox_tv2d_vjp(x, lam, g)
+    assert grad_x.shape == x.shape
+
+    dx = rng.standard_normal(x.shape)
+    fd_x = np.sum(g * central_difference(lambda z: prox_tv2d(z, lam), x, dx))
+    np.testing.assert_allclose(np.sum(grad_x * dx), fd_x, rtol=1e-7)
+
+    parts = lam if isinstance(lam, tuple) else (lam,)
+    grads = grad_lam if isinstance(lam, tuple) else (grad_lam,)
+    for k, (part, grad) in enumerate(zip(parts, grads, strict=True)):
+        assert np.shape(grad) == np.shape(part)
+        dl = rng.standard_normal(np.shape(part))
+
+        def with_part(p, k=k):
+            return prox_tv2d(
+                x,
+                tuple(p if m == k else q for m, q in enumerate(lam))
+                if isinstance(lam, tuple)
+                else p,
+            )
+
+        fd = np.sum(g * central_difference(with_part, np.asarray(part, float), dl))
+        np.testing.assert_allclose(np.sum(grad * dl), fd, rtol=1e-7)
+
+
+def test_vjp_structure_on_a_known_case():
+    # [[0, 4], [0, 4]], lam = 1 -> [[1, 3], [1, 3]]: two column regions, two upward jumps.
+    x = np.array([[0.0, 4.0], [0.0, 4.0]])
+    g = np.array([[1.0, 2.0], [3.0, -6.0]])
+    grad_x, grad_lam = prox_tv2d_vjp(x, (1.0, 1.0), g)
+    np.testing.assert_allclose(grad_x, [[2.0, -2.0], [2.0, -2.0]])
+    # Left region sees two neighbours above it (+2 mean 2), right region two below (-2 mean -2).
+    np.testing.assert_allclose(grad_lam[0], 0.0)
+    np.testing.assert_allclose(grad_lam[1], 2 * 2.0 + (-2) * (-2.0))
+
+
+# ---- input validation -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("x", "lam", "kwargs", "error", "match"),
+    [
+        (np.ones(4), 0.1, {}, ValueError, "at least 2 dimensions.*got 1"),
+        (np.ones((3, 3)), (0.1, -1.0), {}, ValueError, r"lam\[1\]: expected values >= 0, got -1"),
+        (np.ones((3, 3)), (0.1, 0.2, 0.3), {}, ValueError, "pair.*tuple of length 3"),
+        (np.ones((3, 3)), 0.1, {"axes": (0, 0)}, ValueError, "two distinct axes"),
+        (np.ones((3, 3)), 0.1, {"axes": 0}, ValueError, "a pair of distinct axes, got 0"),
+        (np.ones((3, 3)), 0.1, {"axes": (0, 2)}, ValueError, r"axes\[1\].*got 2"),
+        (np.ones((3, 3), np.int32), 0.1, {}, TypeError, "got int32"),
+        (np.ones((2, 3, 3)), np.ones((3, 1, 1)), {}, ValueError, r"broadcastable to \(2, 1, 1\)"),
+    ],
+)
+def test_bad_input_is_rejected_with_expected_and_got(x, lam, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        prox_tv2d(x, lam, **kwargs)
+
+
+@pytest.mark.slow
+def test_optimality_certificate_on_a_larger_slice(rng):
+    for name, x in images_2d(40, 40, rng).items():
+        y = prox_tv2d(x, 0.25)
+        assert certificate_residual(x, y, 0.25, 0.25) <= 1e-9 * (1 + np.max(np.abs(x))), name
