@@ -14,6 +14,22 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
+def host_array(a) -> np.ndarray:
+    """``a`` as a NumPy array: CuPy arrays and torch tensors are copied to the host.
+
+    The reference solvers use this so a GPU result can be checked with one call; bfloat16
+    tensors (which NumPy lacks) arrive as float32.
+    """
+    if isinstance(a, np.ndarray):
+        return a
+    if hasattr(a, "__cuda_array_interface__") and hasattr(a, "get"):  # CuPy
+        return a.get()
+    if type(a).__module__.partition(".")[0] == "torch":
+        a = a.detach().cpu()
+        return (a.float() if str(a.dtype) == "torch.bfloat16" else a).numpy()
+    return np.asarray(a)
+
+
 def check_float_dtype(dtype, name: str = "x") -> np.dtype:
     """Return ``dtype`` as a NumPy dtype if it is a real floating type, else raise TypeError."""
     dtype = np.dtype(dtype)
@@ -56,7 +72,7 @@ def lam_to_array(lam, x_shape: tuple[int, ...], tv_axes: tuple[int, ...], name: 
     ``lam`` may be a scalar or any array that broadcasts (NumPy rules) against ``x_shape`` with
     the axes in ``tv_axes`` reduced to size 1. The result has exactly that reduced shape.
     """
-    lam_arr = np.asarray(lam)
+    lam_arr = host_array(lam)
     if lam_arr.dtype.kind not in "iuf":
         raise TypeError(f"{name}: expected a real number or real array, got dtype {lam_arr.dtype}")
     lam_arr = lam_arr.astype(np.float64, copy=False)

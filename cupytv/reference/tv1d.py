@@ -14,7 +14,13 @@ from collections import deque
 
 import numpy as np
 
-from .._validation import check_float_dtype, lam_to_array, normalize_axis, unbroadcast
+from .._validation import (
+    check_float_dtype,
+    host_array,
+    lam_to_array,
+    normalize_axis,
+    unbroadcast,
+)
 
 
 def prox_tv1d(x, lam, axis: int = -1) -> np.ndarray:
@@ -77,7 +83,7 @@ def prox_tv1d_vjp(x, lam, g, axis: int = -1):
     x, lam_f, moved = _prepare(x, lam, axis)
     g_moved = _match_gradient(g, x, axis)
     if x.size == 0:
-        return np.zeros_like(x), np.zeros(np.shape(lam), dtype=x.dtype)
+        return np.zeros_like(x), np.zeros(host_array(lam).shape, dtype=x.dtype)
     grad_x = np.empty_like(moved, dtype=np.float64)
     grad_lam = np.empty(moved.shape[0], dtype=np.float64)
     for f in range(moved.shape[0]):
@@ -86,7 +92,7 @@ def prox_tv1d_vjp(x, lam, g, axis: int = -1):
         grad_x[f] = np.repeat(g_mean, seg.lengths)
         grad_lam[f] = np.dot(seg.s_out - seg.s_in, g_mean)
     lam_full = lam_to_array(lam, x.shape, (normalize_axis(axis, x.ndim),))
-    grad_lam = unbroadcast(grad_lam.reshape(lam_full.shape), np.shape(lam))
+    grad_lam = unbroadcast(grad_lam.reshape(lam_full.shape), host_array(lam).shape)
     return _restore(grad_x, x, axis), grad_lam.astype(x.dtype)
 
 
@@ -101,7 +107,7 @@ class _Segments:
 
 def _prepare(x, lam, axis):
     """Validate and return (x, per-fiber lam, x as float64 of shape (fibers, n))."""
-    x = np.asarray(x)
+    x = host_array(x)
     check_float_dtype(x.dtype)
     if x.ndim == 0:
         raise ValueError("x: expected an array with at least 1 dimension, got a 0-d array")
@@ -120,7 +126,7 @@ def _restore(y2d, x, axis):
 
 
 def _match_gradient(g, x, axis):
-    g = np.asarray(g)
+    g = host_array(g)
     if g.shape != x.shape:
         raise ValueError(f"g: expected the shape of x, {x.shape}, got {g.shape}")
     check_float_dtype(g.dtype, "g")

@@ -25,6 +25,7 @@ from scipy.sparse.csgraph import connected_components
 
 from .._validation import (
     check_float_dtype,
+    host_array,
     lam_to_array,
     normalize_axes,
     split_lam_pair,
@@ -104,12 +105,12 @@ def prox_tv2d_vjp(x, lam, g, axes=(-2, -1)):
         ``lam0`` and ``lam1`` when lam is a pair. All in x's dtype.
     """
     x, slices, lam0, lam1, is_pair = _prepare(x, lam, axes)
-    g = np.asarray(g)
+    g = host_array(g)
     if g.shape != x.shape:
         raise ValueError(f"g: expected the shape of x, {x.shape}, got {g.shape}")
     check_float_dtype(g.dtype, "g")
     if x.size == 0:
-        zeros = tuple(np.zeros(np.shape(p), x.dtype) for p in split_lam_pair(lam)[:2])
+        zeros = tuple(np.zeros(host_array(p).shape, x.dtype) for p in split_lam_pair(lam)[:2])
         return np.zeros_like(x), zeros if is_pair else zeros[0]
     g_slices = _to_slices(g.astype(np.float64, copy=False), axes)
     grad_x = np.empty_like(slices)
@@ -121,13 +122,12 @@ def prox_tv2d_vjp(x, lam, g, axes=(-2, -1)):
         grad_x[s] = g_mean[reg.labels].reshape(g_slices[s].shape)
         grad_l[:, s] = reg.sigma @ g_mean
     grad_x = _restore(grad_x, x, axes)
-    lam_a, lam_b, _ = split_lam_pair(lam)
     a0, a1 = normalize_axes(axes, x.ndim)
-    reduced = lam_to_array(lam_a, x.shape, (a0, a1)).shape
-    per_axis = [
-        unbroadcast(_from_slices(grad_l[k], reduced, (a0, a1)), np.shape(lam_k)).astype(x.dtype)
-        for k, lam_k in enumerate((lam_a, lam_b))
-    ]
+    reduced = tuple(1 if d in (a0, a1) else n for d, n in enumerate(x.shape))
+    per_axis = []
+    for k, lam_k in enumerate(split_lam_pair(lam)[:2]):
+        full = _from_slices(grad_l[k], reduced, (a0, a1))
+        per_axis.append(unbroadcast(full, host_array(lam_k).shape).astype(x.dtype))
     grad_lam = tuple(per_axis) if is_pair else per_axis[0] + per_axis[1]
     return grad_x, grad_lam
 
@@ -144,7 +144,7 @@ class _Regions:
 
 def _prepare(x, lam, axes):
     """Validate; return (x, slices (S, H, W) float64, lam0 (S,), lam1 (S,), is_pair)."""
-    x = np.asarray(x)
+    x = host_array(x)
     check_float_dtype(x.dtype)
     a0, a1 = normalize_axes(axes, x.ndim)
     lam_a, lam_b, is_pair = split_lam_pair(lam)
