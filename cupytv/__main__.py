@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", type=Path, default=Path("."), help="output folder (default: .)")
     demo.add_argument("--lam-1d", type=float, default=0.5, help="1D weight (default: 0.5)")
     demo.add_argument("--lam-2d", type=float, default=0.08, help="2D weight (default: 0.08)")
-    demo.add_argument("--size", type=int, default=48, help="image side in pixels (default: 48)")
+    demo.add_argument("--size", type=int, default=96, help="image side in pixels (default: 96)")
     args = parser.parse_args(argv)
 
     if args.command == "demo":

@@ -251,6 +251,6 @@ def test_bad_input_is_rejected_with_expected_and_got(x, lam, kwargs, error, matc
 
 @pytest.mark.slow
 def test_optimality_certificate_on_a_larger_slice(rng):
-    for name, x in images_2d(40, 40, rng).items():
+    for name, x in images_2d(64, 64, rng).items():
         y = prox_tv2d(x, 0.25)
         assert certificate_residual(x, y, 0.25, 0.25) <= 1e-9 * (1 + np.max(np.abs(x))), name

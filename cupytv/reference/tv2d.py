@@ -5,9 +5,14 @@ Route (independent of the kernels' proximal Dykstra): the dual problem
     min_z ½‖x − Kᵀz‖²  subject to  |z_e| <= lam_e,        y = x − Kᵀz,
 
 where K stacks the forward differences along both axes (one row per edge of the pixel grid), is
-a sparse bound-constrained least-squares problem, solved with SciPy's trust-region reflective
-``lsq_linear``. Its output is then *polished*: pixels joined by edges of (numerically) zero jump
-form connected regions, and each region R gets the value the optimality conditions give,
+a bound-constrained least-squares problem, solved by a primal-dual interior-point method
+(Mehrotra's predictor-corrector; Nocedal & Wright, *Numerical Optimization*, ch. 16). Each
+Newton system (KKᵀ + D) dz = r is reduced by the Woodbury identity to the pixel-space system
+(I + Kᵀ D⁻¹ K) w = Kᵀ D⁻¹ r, a weighted grid Laplacian plus the identity (SPD), factorised with
+SuperLU: about 15 factorisations per slice, 0.2 s for 64 x 64.
+
+Its output is then *polished*: pixels joined by edges of (numerically) zero jump form connected
+regions, and each region R gets the value the optimality conditions give,
 
     y_R = (Σ_R x + Σ_{edges e from R to a neighbour N} lam_e · sign(y_N − y_R)) / |R|,
 
@@ -20,8 +25,8 @@ import math
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.optimize import lsq_linear
 from scipy.sparse.csgraph import connected_components
+from scipy.sparse.linalg import splu
 
 from .._validation import (
     check_float_dtype,
@@ -32,17 +37,24 @@ from .._validation import (
     unbroadcast,
 )
 
-#: Two pixels whose dual solution differs by at most this times max|x| are taken as fused.
-#: The dual solve resolves fused differences to ~1e-11 relative, while true jumps of random data
-#: are many orders larger; a true jump below this threshold is misread, which costs an error of
-#: that size (see the module docstring), never a wrong structure elsewhere.
-FUSE_RTOL = 1e-8
+#: Two pixels whose interior-point solution differs by at most this times max|x| are fused.
+#: The solve leaves fused pixels within ~1e-12 relative of each other (measured on 64 x 64 and
+#: 128 x 128 slices); true jumps of noisy data are orders larger. A true jump below this
+#: threshold would be misread as fused, costing an error of that size.
+FUSE_RTOL = 1e-9
 
-#: lsq_linear stopping tolerance. Polishing needs only the structure, so the solve may stop early;
-#: at 1e-12 fused pixels still agree to ~1e-11 relative, far inside FUSE_RTOL (1e-8 was seen to
-#: misread a 64 x 64 slice).
-_DUAL_TOL = 1e-12
-_DUAL_MAX_ITER = 2000
+#: Interior-point stopping rule on the scaled problem (max|x| = 1): mean complementarity
+#: below _IPM_MU_TOL * max(lam) and stationarity below _IPM_RES_TOL. Tighter than the structure
+#: needs: the extra two or three iterations widen the gap between fused and jumping pixels.
+_IPM_MU_TOL = 1e-20
+_IPM_RES_TOL = 1e-13
+_IPM_MAX_ITER = 100
+#: Lower bound on the barrier term D = s/w. Free edges drive D to 0 and the Woodbury system to a
+#: pure Laplacian whose per-region constant mode SuperLU can then lose; flooring D keeps the
+#: identity visible (condition number <= ~1e9) at the cost of slightly inexact Newton steps.
+_IPM_D_FLOOR = 1e-9
+#: Fraction of the way to the boundary a step may go (standard value).
+_IPM_STEP_FRACTION = 0.995
 
 
 def prox_tv2d(x, lam, axes=(-2, -1)) -> np.ndarray:
@@ -205,20 +217,76 @@ def _solve_slice(x: np.ndarray, lam0: float, lam1: float) -> _Regions:
 
 
 def _dual_solution(xf, ei, ej, lam_e):
-    """y = x − Kᵀz for the dual minimiser z (bound-constrained least squares)."""
-    if ei.size == 0:
+    """y = x − Kᵀz at the dual minimiser z, by the interior-point method of the module docstring.
+
+    Solved on the scaled problem x / max|x|, lam / max|x| (the prox is positively homogeneous),
+    so every tolerance above is relative. Variables: z, slacks wl = z + lam, wu = lam − z (kept
+    as variables, so rounding can never put z on a bound) and their multipliers sl, su.
+    """
+    scale = np.max(np.abs(xf))
+    if ei.size == 0 or scale == 0:
         return xf.copy()
-    m = ei.size
-    rows = np.concatenate((ej, ei))
-    cols = np.concatenate((np.arange(m), np.arange(m)))
-    vals = np.concatenate((np.ones(m), -np.ones(m)))
-    k_t = sp.csr_matrix((vals, (rows, cols)), shape=(xf.size, m))  # Kᵀ: pixels x edges
-    res = lsq_linear(
-        k_t, xf, bounds=(-lam_e, lam_e), method="trf", tol=_DUAL_TOL, max_iter=_DUAL_MAX_ITER
+    x, lam = xf / scale, lam_e / scale
+    n, m = x.size, ei.size
+    k = sp.csr_matrix(
+        (np.r_[np.ones(m), -np.ones(m)], (np.r_[np.arange(m), np.arange(m)], np.r_[ej, ei])),
+        shape=(m, n),
     )
-    if res.status < 0 or not np.all(np.isfinite(res.x)):
-        raise RuntimeError(f"reference 2D dual solve failed: {res.message}")
-    return xf - k_t @ res.x
+    k_t = k.T.tocsr()
+    eye = sp.identity(n, format="csc")
+    # v = (z, wl, wu, sl, su); a step has the same layout.
+    v = (np.zeros(m), lam.copy(), lam.copy(), np.ones(m), np.ones(m))
+    for _ in range(_IPM_MAX_ITER):
+        z, wl, wu, sl, su = v
+        res = (
+            -(k @ (x - k_t @ z)) - sl + su,  # stationarity: ∇f(z) − sl + su
+            z - wl + lam,  # primal feasibility of the slacks
+            z + wu - lam,
+        )
+        mu = (wl @ sl + wu @ su) / (2 * m)
+        if mu < _IPM_MU_TOL * lam.max() and np.max(np.abs(res[0])) < _IPM_RES_TOL:
+            return (x - k_t @ z) * scale
+        d_inv = 1.0 / np.maximum(sl / wl + su / wu, _IPM_D_FLOOR)
+        solve = splu((eye + k_t @ sp.diags(d_inv) @ k).tocsc()).solve
+        system = (k, k_t, d_inv, solve)
+        aff = _newton_step(system, v, res, -wl * sl, -wu * su)  # predictor: complementarity 0
+        a = _longest_step(v, aff)
+        mu_aff = (wl + a * aff[1]) @ (sl + a * aff[3]) + (wu + a * aff[2]) @ (su + a * aff[4])
+        sigma = (mu_aff / (2 * m) / mu) ** 3  # Mehrotra's centring heuristic
+        c_l = sigma * mu - wl * sl - aff[1] * aff[3]
+        c_u = sigma * mu - wu * su - aff[2] * aff[4]
+        step = _newton_step(system, v, res, c_l, c_u)  # corrector
+        a = _IPM_STEP_FRACTION * _longest_step(v, step)
+        v = tuple(vi + a * di for vi, di in zip(v, step, strict=True))
+    raise RuntimeError(
+        f"reference 2D solve: the interior-point method did not converge in {_IPM_MAX_ITER} "
+        f"iterations (complementarity {mu:.2e}); please report this input"
+    )
+
+
+def _newton_step(system, v, res, c_l, c_u):
+    """One Newton step of the interior-point method for complementarity targets c_l, c_u.
+
+    Eliminating the slacks and multipliers leaves (KKᵀ + D) dz = rhs with D = sl/wl + su/wu,
+    solved through the Woodbury identity with the factorised pixel-space matrix.
+    """
+    k, k_t, d_inv, solve = system
+    _, wl, wu, sl, su = v
+    r_d, r_l, r_u = res
+    t = d_inv * (-r_d + (c_l - sl * r_l) / wl - (c_u + su * r_u) / wu)
+    dz = t - d_inv * (k @ solve(k_t @ t))
+    dwl, dwu = dz + r_l, -dz - r_u
+    return dz, dwl, dwu, (c_l - sl * dwl) / wl, (c_u - su * dwu) / wu
+
+
+def _longest_step(v, step):
+    """Largest a <= 1 keeping the slacks and multipliers (all but z) non-negative."""
+    a = 1.0
+    for vi, di in zip(v[1:], step[1:], strict=True):
+        shrinking = di < 0
+        if shrinking.any():
+            a = min(a, float(np.min(-vi[shrinking] / di[shrinking])))
+    return a
 
 
 def _polish(xf, ei, ej, eaxis, lam0, lam1, fused, y_dual):
