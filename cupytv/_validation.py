@@ -126,3 +126,25 @@ def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 def _first_bad(values: np.ndarray, ok) -> float:
     return float(values[~ok(values)].flat[0])
+
+
+def check_same_array_kind(a, b, name_a: str, name_b: str) -> None:
+    """Raise unless ``a`` and ``b`` are both NumPy arrays or both CuPy arrays on one device."""
+    kind_a, kind_b = _array_kind(a), _array_kind(b)
+    if kind_a != kind_b:
+        raise TypeError(
+            f"{name_a}: expected the same kind of array as {name_b} ({kind_b}), got {kind_a}"
+        )
+    if kind_a == "cupy.ndarray" and a.device != b.device:
+        raise ValueError(
+            f"{name_a}: expected an array on {name_b}'s device {b.device.id}, got device "
+            f"{a.device.id}"
+        )
+
+
+def _array_kind(a) -> str:
+    if isinstance(a, np.ndarray):
+        return "numpy.ndarray"
+    if type(a).__module__.partition(".")[0] == "cupy" and hasattr(a, "device"):
+        return "cupy.ndarray"
+    return f"{type(a).__module__}.{type(a).__name__}"

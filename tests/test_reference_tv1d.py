@@ -160,6 +160,12 @@ def test_non_finite_values_stay_in_their_fiber(bad, rng):
     assert np.all(np.isnan(y[2]))
     for f in (0, 1, 3):
         np.testing.assert_array_equal(y[f], prox_tv1d(x[f], 0.4))
+    lam = np.full((4, 1), 0.4)
+    grad_x, grad_lam = prox_tv1d_vjp(x, lam, np.ones_like(x))
+    assert np.all(np.isnan(grad_x[2]))
+    assert np.isnan(grad_lam[2, 0])
+    assert np.all(np.isfinite(np.delete(grad_x, 2, axis=0)))
+    assert np.all(np.isfinite(np.delete(grad_lam, 2, axis=0)))
 
 
 # ---- gradients ------------------------------------------------------------------------------
@@ -272,3 +278,12 @@ def test_torch_tensors_are_accepted_and_answered_in_numpy(rng):
     _, grad_lam = prox_tv1d_vjp(torch.from_numpy(x), lam, torch.ones(3, 20, dtype=torch.float64))
     assert grad_lam.shape == (3, 1)
     assert prox_tv1d(torch.from_numpy(x).to(torch.bfloat16), 0.1).dtype == np.float32
+
+
+def test_a_tie_resolved_by_rounding_is_merged():
+    # Hypothesis found this: the programme marks an upward jump between the last two samples
+    # whose polished step is -8e-67; the optimum fuses them (u[1] = lam exactly, a tie).
+    x = np.array([-7.0, 8e-67, 1.45])
+    y = prox_tv1d(x, 1.45)
+    assert_kkt(x, y, 1.45)
+    assert y[1] == y[2]

@@ -168,6 +168,12 @@ def test_non_finite_values_stay_in_their_slice(rng):
     assert np.all(np.isnan(y[1]))
     for s in (0, 2):
         np.testing.assert_array_equal(y[s], prox_tv2d(x[s], 0.3))
+    grad_x, (grad0, grad1) = prox_tv2d_vjp(x, (np.full((3, 1, 1), 0.3), 0.2), np.ones_like(x))
+    assert np.all(np.isnan(grad_x[1]))
+    assert np.isnan(grad0[1, 0, 0])
+    assert np.isnan(grad1)  # a weight shared with the NaN slice
+    assert np.all(np.isfinite(grad_x[[0, 2]]))
+    assert np.all(np.isfinite(grad0[[0, 2]]))
 
 
 def test_empty_input():

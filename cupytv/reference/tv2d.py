@@ -114,7 +114,8 @@ def prox_tv2d_vjp(x, lam, g, axes=(-2, -1)):
 
     Returns:
         ``(grad_x, grad_lam)``; grad_lam has lam's shape, or is a pair of arrays shaped like
-        ``lam0`` and ``lam1`` when lam is a pair. All in x's dtype.
+        ``lam0`` and ``lam1`` when lam is a pair. All in x's dtype. A slice holding NaN or ±Inf
+        gets NaN in grad_x and contributes NaN to its weights' gradients.
     """
     x, slices, lam0, lam1, is_pair = _prepare(x, lam, axes)
     g = host_array(g)
@@ -129,6 +130,9 @@ def prox_tv2d_vjp(x, lam, g, axes=(-2, -1)):
     grad_l = np.empty((2, slices.shape[0]))
     for s in range(slices.shape[0]):
         reg = _solve_slice(slices[s], lam0[s], lam1[s])
+        if np.isnan(reg.y.flat[0]):  # a non-finite slice: no derivative, and NaN says so
+            grad_x[s], grad_l[:, s] = np.nan, np.nan
+            continue
         g_flat = g_slices[s].ravel()
         g_mean = np.bincount(reg.labels, g_flat, reg.n_regions) / reg.sizes
         grad_x[s] = g_mean[reg.labels].reshape(g_slices[s].shape)

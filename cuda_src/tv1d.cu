@@ -1,0 +1,566 @@
+// 1D total-variation proximal operator: exact direct solvers and the O(n) backward (issue 4).
+//
+// Objective, for every fiber x in R^n of the input (one weight lam >= 0 per fiber):
+//   y = argmin_y  1/2 ||y - x||^2 + lam * sum_{k=0}^{n-2} |y[k+1] - y[k]|
+//
+// Shapes and layout. The wrapper (cupytv/tv1d.py) makes x C-contiguous and views it as
+// (outer, n, inner) with the TV axis in the middle: fiber f = o*inner + i (o-major) has element k
+// at x[(o*n + k)*inner + i]. inner == 1 is the contiguous case (axis = last); inner > 1 are strided
+// fibers. y has x's layout. lam for fiber (o, i) is lam[o*lam_stride_outer + i*lam_stride_inner]
+// (strides 0, 0 for one scalar weight). All sizes, strides and indices are 64-bit.
+//
+// Kernels (T = float or double; computed in T, sums and dual variables accumulated in double):
+//   tv1d_condat<T>(x, y, lam, lam_stride_outer, lam_stride_inner, outer, n, inner, scratch)
+//       Condat's direct algorithm (L. Condat, "A direct algorithm for 1D total variation
+//       denoising", IEEE Signal Processing Letters 20(11), 2013), guarded against its quadratic
+//       worst case: a fiber whose scan exceeds TV1D_CONDAT_WORK_PER_SAMPLE * n steps (Condat's
+//       restarts re-read the same samples; a ramp with a large lam re-reads O(n) samples O(n)
+//       times) is re-solved from x by the linear-time taut string below. Only fibers longer than
+//       TV1D_GUARD_MIN_N get the guard (and scratch): below that the worst case is at most n + 1
+//       reads per sample (about n / 2 on a ramp), and a batch of short fibers needs no workspace.
+//   tv1d_condat<T, false>, tv1d_taut_string<T, false>: the same without shared-memory staging,
+//       for the host executor, where caches already serve each thread's contiguous fiber and a
+//       block barrier costs ~35 ns per thread (docs/ARCHITECTURE.md); bit-identical results.
+//   tv1d_taut_string<T>(same arguments): the taut-string algorithm (Davies & Kovac, "Local
+//       extremes, runs, strings and multiresolution", Ann. Statist. 29(1), 2001; Barbero & Sra,
+//       JMLR 19, 2018, sec. 2): the running sum of y is the taut string through the tube
+//       [S_k - lam, S_k + lam] around the running sum S of x, pinned at both ends. The convex hull
+//       of the tube's upper side and the concave hull of its lower side are kept as deques from
+//       the string's last bend; every sample is pushed once and popped at most once per hull, so
+//       the cost is linear for every input. Uses scratch for the hulls on every fiber. The
+//       hulls steer decisions only; each segment's value is recomputed from its own float64 sum
+//       (the closed form below), so its error is Condat's: eps * |segment sum| / |S|.
+//   tv1d_vjp<T>(y, g, grad_x, grad_lam, outer, n, inner)
+//       Segments = maximal runs of equal y (the forwards write one value per constant segment, so
+//       the runs are exactly the segments). grad_x = mean of g over each segment; grad_lam[f] =
+//       sum over segments of (s_out - s_in) * mean_segment(g), with s_in / s_out the sign of the
+//       jump into / out of the segment (0 at the fiber ends): the derivative of
+//       y_S = mean_S(x) + lam (s_out - s_in) / |S| (see cupytv/reference/tv1d.py). grad_lam has
+//       one entry per fiber (o-major); the wrapper sums it down to lam's shape. A fiber whose y
+//       holds NaN gets all-NaN grad_x and a NaN grad_lam.
+//
+// Output contract (the backward relies on it): every constant segment of y holds one value,
+// computed once and stored to each of its samples, so segments are runs of bit-identical values;
+// lam == 0 (or n == 1) copies x exactly; a fiber holding NaN or +-Inf comes out all NaN and no
+// other fiber is touched; every loop is bounded (Condat's scan by its work budget, the taut string
+// and the emission loops by n).
+//
+// Threading model: one thread per fiber, thread f = blockIdx.x * blockDim.x + threadIdx.x; the
+// fiber solves are sequential by nature (each segment's extent depends on all samples before it).
+// Strided fibers (inner > 1) are read and written in place: adjacent threads own adjacent i, so
+// each step of the fibers' loops is one coalesced access across the warp. Contiguous fibers
+// (inner == 1) are staged when a tile fits: the block's blockDim.x fibers (blockDim.x * n
+// consecutive values) are loaded into dynamic shared memory by consecutive threads (coalesced),
+// each thread solves its fiber in place in the tile, and the tile is stored back coalesced. Tile
+// rows are padded to an odd length (n | 1) so that thread t reading element k of its row hits bank
+// (t * row + k) mod 32, all distinct across a warp. When the tile does not fit, contiguous fibers
+// are read in place (through L1). No transposing copies for any axis. For double tiles the
+// 8-byte words of an odd row stride are conflict-free as well. The backward reads y and g in place
+// for every layout (one pass, no tile: its per-sample work is a compare and an add).
+//
+// Launch contract (what the wrapper implements):
+//   block      = TV1D_BLOCK threads (x only); grid = ceil(outer * inner / TV1D_BLOCK) blocks
+//                (x only). Forward kernels derive the staging decision from blockDim.x, so the
+//                block must be exactly TV1D_BLOCK for shared_mem below to match.
+//   shared_mem = forward, staged kernels only, when inner == 1 and
+//                TV1D_BLOCK * (n | 1) * sizeof(T) <= TV1D_STAGE_MAX_BYTES: that product;
+//                otherwise 0 (always 0 for the <T, false> kernels and tv1d_vjp).
+//   scratch    = outer * inner * scratch_per_fiber elements of T, 8-byte aligned (NumPy and CuPy
+//                allocations are), where scratch_per_fiber = 4 * (n + 1) * sizeof(double) /
+//                sizeof(T) for tv1d_taut_string, the same for tv1d_condat when
+//                n > TV1D_GUARD_MIN_N, else 0 (the wrapper then passes a 1-element dummy).
+//                Never read before written.
+//
+// Per-fiber device functions, usable from any loop (a benchmark's plain C + OpenMP loop calls them
+// with x and y distinct):
+//   template <typename T> __device__ void tv1d_condat_fiber(const T* x, index_t stride_x, T* y,
+//       index_t stride_y, index_t n, T lam, T* scratch)       // scratch as above, or unused
+//   template <typename T> __device__ void tv1d_taut_string_fiber(same arguments)
+//
+// instantiate: tv1d_condat<float>
+// instantiate: tv1d_condat<double>
+// instantiate: tv1d_condat<float, false>
+// instantiate: tv1d_condat<double, false>
+// instantiate: tv1d_taut_string<float>
+// instantiate: tv1d_taut_string<double>
+// instantiate: tv1d_taut_string<float, false>
+// instantiate: tv1d_taut_string<double, false>
+// instantiate: tv1d_vjp<float>
+// instantiate: tv1d_vjp<double>
+//
+// Projected Newton (method "pn"): kernel tv1d_pn<T> with the forward signature above, its own
+// launch contract (block 128, shared_mem 0, scratch 16 / sizeof(T) * n elements per fiber) and
+// documentation in cuda_src/tv1d_pn.cuh.
+// instantiate: tv1d_pn<float>
+// instantiate: tv1d_pn<double>
+
+#include "common.cuh"
+#include "tv1d_pn.cuh"
+
+// Threads per block for every kernel in this file (a multiple of the warp; 128 keeps a double
+// tile of 47-sample fibers within TV1D_STAGE_MAX_BYTES).
+#define TV1D_BLOCK 128
+// CUDA's default dynamic shared memory limit per block; larger tiles are read in place.
+#define TV1D_STAGE_MAX_BYTES (48 * 1024)
+// Condat's scan re-reads samples after each restart. Measured reads per sample: N(0,1) noise
+// 1.0-1.9 on average (rare fibers up to 5), noisy steps up to 4, but random walks with a large lam
+// 3-12 on average (up to 25) and the ramp O(n). The taut string costs about 2 reads' worth per
+// sample (measured on the host), so past this budget a fiber is re-solved by it: any fiber then
+// costs at most (4 + 2) / 2 = 3 times the better of the two methods.
+#define TV1D_CONDAT_WORK_PER_SAMPLE 4
+// Adjacent taut-string segments whose values differ by less than this many ulps of their
+// running sums' rounding are one segment (see taut_string_solve).
+#define TV1D_MERGE_ULPS 4
+// Fibers up to this length skip the guard: their worst case is n + 1 reads per sample.
+#define TV1D_GUARD_MIN_N 64
+
+namespace tv1d {
+
+using cupytv::index_t;
+
+// Largest finite double: |v| <= this is false exactly for NaN and +-Inf.
+#define TV1D_DOUBLE_MAX 1.7976931348623157e308
+
+// A quiet NaN (NVRTC has no <cmath> NAN macro).
+__device__ __forceinline__ double quiet_nan() { return __longlong_as_double(0x7ff8000000000000LL); }
+
+// Elements of T per fiber that the taut string needs: four arrays of n + 1 doubles (positions and
+// values of the lower and upper hull vertices).
+template <typename T>
+__host__ __device__ __forceinline__ index_t taut_string_scratch(index_t n) {
+  return 4 * (n + 1) * static_cast<index_t>(sizeof(double) / sizeof(T));
+}
+
+template <typename T>
+__host__ __device__ __forceinline__ index_t condat_scratch(index_t n) {
+  return n > TV1D_GUARD_MIN_N ? taut_string_scratch<T>(n) : 0;
+}
+
+// Row length of a staged tile: odd, so that a warp reading one element of each row is free of
+// bank conflicts.
+__device__ __forceinline__ index_t staged_row(index_t n) { return n | 1; }
+
+template <typename T>
+__device__ __forceinline__ bool tile_fits(index_t n, index_t inner) {
+  return inner == 1 &&
+         static_cast<index_t>(blockDim.x) * staged_row(n) * static_cast<index_t>(sizeof(T)) <=
+             TV1D_STAGE_MAX_BYTES;
+}
+
+template <typename T>
+__device__ __forceinline__ bool fiber_is_finite(const T* x, index_t sx, index_t n) {
+  bool finite = true;
+  for (index_t k = 0; k < n; ++k) {
+    finite &= fabs(static_cast<double>(x[k * sx])) <= TV1D_DOUBLE_MAX;
+  }
+  return finite;
+}
+
+template <typename T>
+__device__ __forceinline__ void fill(T* y, index_t sy, index_t begin, index_t end, T value) {
+  for (index_t k = begin; k < end; ++k) y[k * sy] = value;
+}
+
+template <typename T>
+__device__ __forceinline__ void copy(const T* x, index_t sx, T* y, index_t sy, index_t n) {
+  for (index_t k = 0; k < n; ++k) y[k * sy] = x[k * sx];
+}
+
+// The cases every method shares. Returns true when the fiber is done: non-finite input (all NaN
+// out), lam == 0 or n <= 1 (exact copy; x and y may be the same array).
+template <typename T>
+__device__ __forceinline__ bool trivial_fiber(const T* x, index_t sx, T* y, index_t sy, index_t n,
+                                              T lam) {
+  if (!fiber_is_finite(x, sx, n)) {
+    fill(y, sy, 0, n, static_cast<T>(quiet_nan()));
+    return true;
+  }
+  if (!(lam > T(0)) || n <= 1) {
+    if (x != y || sx != sy) copy(x, sx, y, sy, n);
+    return true;
+  }
+  return false;
+}
+
+// Condat's direct algorithm on a finite fiber with lam > 0, n >= 2. x and y may alias (it writes
+// only samples before the ones it still reads). Returns false, with y partly written, when the
+// scan would exceed `budget` steps.
+//
+// The dual variable u_k = sum_{j<=k} (x_j - y_j) must stay in [-lam, lam], equal +lam where y
+// jumps down after k, -lam where it jumps up, and u_{-1} = u_{n-1} = 0. For the open segment
+// [k0, k] the scan keeps the lowest and highest values (vmin, vmax) the segment can still take,
+// the duals umin, umax that they give at k, and the last positions (kmin, kmax) where those bounds
+// were tightened. When even vmin makes u drop below -lam the segment [k0, kmin] must end at vmin
+// with a jump down, and the scan restarts at kmin + 1 (symmetrically for vmax and a jump up).
+//
+// Numerics: vmin and vmax start lam away from the data and are tightened incrementally, so they
+// carry rounding of order eps * lam; they only steer decisions (where rounding-level errors move
+// the result continuously by as much). The values written are recomputed from the optimality
+// conditions and double running sums of the segment: y = (sum_S x + u_{k0-1} -+ lam) / |S| at a
+// jump, (sum_S x + u_{k0-1}) / |S| for the last segment. So a segment's error is the rounding of
+// its own sum, not of lam or of anything before it.
+template <typename T>
+__device__ bool condat_scan(const T* x, index_t sx, T* y, index_t sy, index_t n, T lam_t,
+                            index_t budget) {
+  const double lam = lam_t;
+  index_t k0 = 0, k = 0, kmin = 0, kmax = 0;
+  double ub = 0.0;  // u_{k0-1}: 0 at the fiber start, +lam after a jump down, -lam after one up
+  double sum = static_cast<double>(x[0]);  // x[k0] + ... + x[k]
+  double smin = sum, smax = sum;           // the sum up to kmin, up to kmax
+  double vmin = sum - lam, vmax = sum + lam;
+  double umin = lam, umax = -lam;
+  // Write [k0, kmin] with a jump down after it (or [k0, kmax], up) and restart behind it.
+#define TV1D_JUMP(down)                                                                     \
+  {                                                                                         \
+    const index_t last = (down) ? kmin : kmax;                                              \
+    const double value = ((down) ? smin + ub - lam : smax + ub + lam) /                     \
+                         static_cast<double>(last - k0 + 1);                                \
+    fill(y, sy, k0, last + 1, static_cast<T>(value));                                       \
+    /* Unreachable (a bound is tightened only before the fiber's end), kept as a guard. */  \
+    if (last + 1 >= n) return true;                                                         \
+    k0 = k = kmin = kmax = last + 1;                                                        \
+    ub = (down) ? lam : -lam;                                                               \
+    sum = smin = smax = static_cast<double>(x[k0 * sx]);                                    \
+    vmin = sum + ub - lam;                                                                  \
+    vmax = sum + ub + lam;                                                                  \
+    umin = lam;                                                                             \
+    umax = -lam;                                                                            \
+  }
+  for (index_t step = 0; step < budget; ++step) {
+    if (k == n - 1) {
+      // End of the fiber: u_{n-1} must be 0.
+      if (umin < 0.0) {
+        TV1D_JUMP(true);
+      } else if (umax > 0.0) {
+        TV1D_JUMP(false);
+      } else {
+        fill(y, sy, k0, n, static_cast<T>((sum + ub) / static_cast<double>(n - k0)));
+        return true;
+      }
+      continue;
+    }
+    const double next = static_cast<double>(x[(k + 1) * sx]);
+    const double umin_next = umin + next - vmin;
+    const double umax_next = umax + next - vmax;
+    if (umin_next < -lam) {
+      TV1D_JUMP(true);
+    } else if (umax_next > lam) {
+      TV1D_JUMP(false);
+    } else {
+      ++k;
+      sum += next;
+      umin = umin_next;
+      umax = umax_next;
+      const double len = static_cast<double>(k - k0 + 1);
+      if (umin >= lam) {
+        vmin += (umin - lam) / len;
+        umin = lam;
+        kmin = k;
+        smin = sum;
+      }
+      if (umax <= -lam) {
+        vmax += (umax + lam) / len;
+        umax = -lam;
+        kmax = k;
+        smax = sum;
+      }
+    }
+  }
+#undef TV1D_JUMP
+  return false;
+}
+
+// The taut string on a finite fiber with lam > 0, n >= 2; x and y may alias (samples are written
+// only behind the string's last bend, which trails the read position). ws: 4 * (n + 1) doubles.
+//
+// Positions p = 0..n carry the running sum S_p = x_0 + ... + x_{p-1}; the tube is
+// [S_p - lam, S_p + lam] for 0 < p < n, pinned to S_0 = 0 and S_n. From the anchor (the string's
+// last bend, (a, fa)) the string must pass above the lower points and below the upper ones. The
+// concave majorant of the lower points (slopes decreasing) and the convex minorant of the upper
+// points (slopes increasing) bound its first slope from below and above. When a new point makes
+// the lower bound exceed the upper one, one hull has just collapsed to that point and the string
+// bends at the first vertex of the other hull: the segment up to it is final (y there = its slope).
+template <typename T>
+__device__ void taut_string_solve(const T* x, index_t sx, T* y, index_t sy, index_t n, T lam_t,
+                                  double* ws) {
+  const double lam = lam_t;
+  double* lo_pos = ws;
+  double* lo_val = ws + (n + 1);
+  double* up_pos = ws + 2 * (n + 1);
+  double* up_val = ws + 3 * (n + 1);
+  index_t lo_head = 0, lo_tail = 0, up_head = 0, up_tail = 0;  // deques [head, tail)
+  // The anchor: position, running-sum value, and side (-1: a lower vertex S - lam, +1: an upper
+  // one S + lam, 0: an end of the fiber).
+  double a = 0.0, fa = 0.0, ta = 0.0;
+  double sum = 0.0;
+  // The last finished stretch of the string, [pend_a, a), is written only when the next bend
+  // turns by more than rounding. Bends that round to the same slope (collinear hull vertices,
+  // e.g. a staircase) are one segment of the exact solution, and the backward must see one run
+  // of equal values there, not two values an ulp apart. Deferring keeps every sample written once
+  // (merging after writing could rewrite a run many times).
+  double pend_a = 0.0, pend_fa = 0.0, pend_t = 0.0;
+  // The value written is not the slope (fa - pend_fa) / (a - pend_a), whose rounding grows with
+  // the running sums (eps * |S| / |segment|), but the same quantity from the segment's own sum,
+  // (sum_S x + lam (ta - pend_t)) / |S|: the error of Condat's closed form. The extra read of x
+  // is of samples not yet overwritten (writes trail here), so x and y may still alias.
+  auto flush = [&]() {
+    if (a > pend_a) {
+      const index_t begin = static_cast<index_t>(pend_a), end = static_cast<index_t>(a);
+      double local = 0.0;
+      for (index_t k = begin; k < end; ++k) local += static_cast<double>(x[k * sx]);
+      fill(y, sy, begin, end, static_cast<T>((local + lam * (ta - pend_t)) / (a - pend_a)));
+    }
+    pend_a = a;
+    pend_fa = fa;
+    pend_t = ta;
+  };
+  // Move the anchor along the string to (p, fp) on side tp, the next bend.
+  auto bend = [&](double p, double fp, double tp) {
+    if (a > pend_a) {
+      const double before = (fa - pend_fa) / (a - pend_a), after = (fp - fa) / (p - a);
+      // Rounding of a slope from running sums of magnitude |f| over a length l: ~eps |f| / l.
+      const double eps = 2.220446049250313e-16;
+      const double spread = (fabs(fa) + fabs(pend_fa)) / (a - pend_a) +
+                            (fabs(fp) + fabs(fa)) / (p - a);
+      const double tol = TV1D_MERGE_ULPS * eps * spread;
+      if (!(fabs(after - before) <= tol)) flush();
+    }
+    a = p;
+    fa = fp;
+    ta = tp;
+  };
+  const double end_pos = static_cast<double>(n);
+  // slope(anchor -> (p1, v1)) > slope(anchor -> (p2, v2)); positions are past the anchor.
+  auto steeper = [&](double p1, double v1, double p2, double v2) {
+    return (v1 - fa) * (p2 - a) > (v2 - fa) * (p1 - a);
+  };
+  for (index_t p = 1; p <= n; ++p) {
+    sum += static_cast<double>(x[(p - 1) * sx]);
+    const double pos = static_cast<double>(p);
+    const double lo = p < n ? sum - lam : sum;
+    const double up = p < n ? sum + lam : sum;
+    // Concave lower hull: drop vertices the new point sees over (slopes must decrease).
+    while (lo_tail > lo_head) {
+      const bool first = lo_tail - 1 == lo_head;
+      const double pp = first ? a : lo_pos[lo_tail - 2], pv = first ? fa : lo_val[lo_tail - 2];
+      const double lp = lo_pos[lo_tail - 1], lv = lo_val[lo_tail - 1];
+      if ((lo - pv) * (lp - pp) >= (lv - pv) * (pos - pp)) {
+        --lo_tail;
+      } else {
+        break;
+      }
+    }
+    lo_pos[lo_tail] = pos;
+    lo_val[lo_tail] = lo;
+    ++lo_tail;
+    // Convex upper hull: drop vertices the new point passes under (slopes must increase).
+    while (up_tail > up_head) {
+      const bool first = up_tail - 1 == up_head;
+      const double pp = first ? a : up_pos[up_tail - 2], pv = first ? fa : up_val[up_tail - 2];
+      const double qp = up_pos[up_tail - 1], qv = up_val[up_tail - 1];
+      if ((up - pv) * (qp - pp) <= (qv - pv) * (pos - pp)) {
+        --up_tail;
+      } else {
+        break;
+      }
+    }
+    up_pos[up_tail] = pos;
+    up_val[up_tail] = up;
+    ++up_tail;
+    if (!steeper(lo_pos[lo_head], lo_val[lo_head], up_pos[up_head], up_val[up_head])) continue;
+    if (up_pos[up_head] == pos) {
+      // The upper hull collapsed to the new point: bend over the lower hull's vertices until the
+      // lower bound no longer exceeds the slope to the new upper point. The lower hull ends at
+      // the new lower point, which is not steeper, so the loop stops before emptying it.
+      while (lo_pos[lo_head] < pos && steeper(lo_pos[lo_head], lo_val[lo_head], pos, up)) {
+        bend(lo_pos[lo_head], lo_val[lo_head], -1.0);  // before pos <= n: an interior vertex
+        ++lo_head;
+      }
+    } else {
+      while (up_pos[up_head] < pos && steeper(pos, lo, up_pos[up_head], up_val[up_head])) {
+        bend(up_pos[up_head], up_val[up_head], 1.0);
+        ++up_head;
+      }
+    }
+  }
+  bend(end_pos, sum, 0.0);
+  flush();
+}
+
+// Solve one fiber in place in a staged tile (or anywhere x == y): Condat's scan, and on a
+// fallback the taut string re-reads the pristine samples from `source` (global x).
+template <typename T>
+__device__ void condat_in_place(T* row, const T* source, index_t source_stride, index_t n, T lam,
+                                T* scratch) {
+  if (trivial_fiber(row, 1, row, 1, n, lam)) return;
+  const bool guarded = n > TV1D_GUARD_MIN_N;
+  const index_t budget = guarded ? TV1D_CONDAT_WORK_PER_SAMPLE * n : n * n + 2 * n;
+  if (!condat_scan(row, 1, row, 1, n, lam, budget) && guarded) {
+    taut_string_solve(source, source_stride, row, 1, n, lam, reinterpret_cast<double*>(scratch));
+  }
+}
+
+}  // namespace tv1d
+
+// Condat's guarded direct algorithm on one fiber; x and y must not overlap.
+template <typename T>
+__device__ void tv1d_condat_fiber(const T* x, cupytv::index_t stride_x, T* y,
+                                  cupytv::index_t stride_y, cupytv::index_t n, T lam, T* scratch) {
+  if (tv1d::trivial_fiber(x, stride_x, y, stride_y, n, lam)) return;
+  const bool guarded = n > TV1D_GUARD_MIN_N;
+  // Unguarded fibers get a budget their worst case cannot reach (each restart finalises at least
+  // one sample after at most n steps), so the loop is bounded and never falls back.
+  const cupytv::index_t budget = guarded ? TV1D_CONDAT_WORK_PER_SAMPLE * n : n * n + 2 * n;
+  if (!tv1d::condat_scan(x, stride_x, y, stride_y, n, lam, budget) && guarded) {
+    tv1d::taut_string_solve(x, stride_x, y, stride_y, n, lam, reinterpret_cast<double*>(scratch));
+  }
+}
+
+// The taut string on one fiber; x and y may be the same array.
+template <typename T>
+__device__ void tv1d_taut_string_fiber(const T* x, cupytv::index_t stride_x, T* y,
+                                       cupytv::index_t stride_y, cupytv::index_t n, T lam,
+                                       T* scratch) {
+  if (tv1d::trivial_fiber(x, stride_x, y, stride_y, n, lam)) return;
+  tv1d::taut_string_solve(x, stride_x, y, stride_y, n, lam, reinterpret_cast<double*>(scratch));
+}
+
+namespace tv1d {
+
+enum Method { kCondat, kTautString };
+
+// The body every forward kernel shares: fiber indexing, per-fiber lam and scratch, and the
+// staging of contiguous fibers through shared memory.
+template <typename T, Method kMethod, bool kStage>
+__device__ __forceinline__ void forward(const T* __restrict__ x, T* __restrict__ y,
+                                        const T* __restrict__ lam, index_t lam_stride_outer,
+                                        index_t lam_stride_inner, index_t outer, index_t n,
+                                        index_t inner, T* __restrict__ scratch) {
+  const index_t fibers = outer * inner;
+  const index_t first = cupytv::block_start_x();
+  const index_t f = first + threadIdx.x;
+  const index_t per_fiber =
+      kMethod == kCondat ? condat_scratch<T>(n) : taut_string_scratch<T>(n);
+  T* const ws = scratch + (f < fibers ? f : 0) * per_fiber;
+  if (kStage && tile_fits<T>(n, inner)) {
+    // Coalesced load of the block's fibers, solve in the tile, coalesced store. Every thread
+    // reaches both barriers; threads past the last fiber only help move data.
+    extern __shared__ __align__(16) unsigned char tv1d_shared_raw[];
+    T* tile = reinterpret_cast<T*>(tv1d_shared_raw);
+    const unsigned int len = static_cast<unsigned int>(n);
+    const unsigned int row = static_cast<unsigned int>(staged_row(n));
+    const index_t remaining = fibers - first;
+    const unsigned int count = remaining < blockDim.x ? static_cast<unsigned int>(remaining)
+                                                      : blockDim.x;
+    const unsigned int total = count * len;
+    const T* src = x + first * n;
+    T* dst = y + first * n;
+    for (unsigned int e = threadIdx.x; e < total; e += blockDim.x) {
+      tile[(e / len) * row + e % len] = src[e];
+    }
+    __syncthreads();
+    if (threadIdx.x < count) {
+      const T lam_f = lam[f * lam_stride_outer];  // inner == 1: fiber f is (o = f, i = 0)
+      T* mine = tile + threadIdx.x * row;
+      if (kMethod == kCondat) {
+        condat_in_place(mine, src + threadIdx.x * n, 1, n, lam_f, ws);
+      } else {
+        tv1d_taut_string_fiber(mine, 1, mine, 1, n, lam_f, ws);
+      }
+    }
+    __syncthreads();
+    for (unsigned int e = threadIdx.x; e < total; e += blockDim.x) {
+      dst[e] = tile[(e / len) * row + e % len];
+    }
+    return;
+  }
+  if (f >= fibers) return;
+  const index_t o = f / inner;
+  const index_t i = f - o * inner;
+  const index_t base = o * n * inner + i;
+  const T lam_f = lam[o * lam_stride_outer + i * lam_stride_inner];
+  if (kMethod == kCondat) {
+    // A literal stride for contiguous fibers lets the compiler drop the index multiplications
+    // from the scan (the host executor's main case; the strided call keeps the general form).
+    if (inner == 1) {
+      tv1d_condat_fiber(x + base, 1, y + base, 1, n, lam_f, ws);
+    } else {
+      tv1d_condat_fiber(x + base, inner, y + base, inner, n, lam_f, ws);
+    }
+  } else {
+    tv1d_taut_string_fiber(x + base, inner, y + base, inner, n, lam_f, ws);
+  }
+}
+
+}  // namespace tv1d
+
+template <typename T, bool kStage = true>
+__global__ void __launch_bounds__(TV1D_BLOCK)
+    tv1d_condat(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ lam,
+                cupytv::index_t lam_stride_outer, cupytv::index_t lam_stride_inner,
+                cupytv::index_t outer, cupytv::index_t n, cupytv::index_t inner,
+                T* __restrict__ scratch) {
+  tv1d::forward<T, tv1d::kCondat, kStage>(x, y, lam, lam_stride_outer, lam_stride_inner, outer, n,
+                                          inner, scratch);
+}
+
+template <typename T, bool kStage = true>
+__global__ void __launch_bounds__(TV1D_BLOCK)
+    tv1d_taut_string(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ lam,
+                     cupytv::index_t lam_stride_outer, cupytv::index_t lam_stride_inner,
+                     cupytv::index_t outer, cupytv::index_t n, cupytv::index_t inner,
+                     T* __restrict__ scratch) {
+  tv1d::forward<T, tv1d::kTautString, kStage>(x, y, lam, lam_stride_outer, lam_stride_inner, outer,
+                                            n, inner, scratch);
+}
+
+namespace tv1d {
+
+// The backward of one fiber (see the header): segments are runs of equal y.
+template <typename T>
+__device__ __forceinline__ T vjp_fiber(const T* yf, const T* gf, T* gx, index_t s, index_t n) {
+  double glam = 0.0;
+  bool has_nan = false;
+  double s_in = 0.0;  // sign of the jump into the current segment
+  index_t start = 0;
+  while (start < n) {
+    const T v = yf[start * s];
+    has_nan |= v != v;
+    double sum = static_cast<double>(gf[start * s]);
+    index_t end = start + 1;
+    T after = v;
+    for (; end < n; ++end) {
+      after = yf[end * s];
+      if (after != v) break;
+      sum += static_cast<double>(gf[end * s]);
+    }
+    const double mean = sum / static_cast<double>(end - start);
+    fill(gx, s, start, end, static_cast<T>(mean));
+    const double s_out = end < n ? static_cast<double>((after > v) - (after < v)) : 0.0;
+    glam += (s_out - s_in) * mean;
+    s_in = s_out;
+    start = end;
+  }
+  if (has_nan) {
+    fill(gx, s, 0, n, static_cast<T>(quiet_nan()));
+    glam = quiet_nan();
+  }
+  return static_cast<T>(glam);
+}
+
+}  // namespace tv1d
+
+template <typename T>
+__global__ void __launch_bounds__(TV1D_BLOCK)
+    tv1d_vjp(const T* __restrict__ y, const T* __restrict__ g, T* __restrict__ grad_x,
+             T* __restrict__ grad_lam, cupytv::index_t outer, cupytv::index_t n,
+             cupytv::index_t inner) {
+  using cupytv::index_t;
+  const index_t f = cupytv::block_start_x() + threadIdx.x;
+  if (f >= outer * inner) return;
+  const index_t o = f / inner;
+  const index_t base = o * n * inner + (f - o * inner);
+  // A literal stride for contiguous fibers, as in the forward.
+  grad_lam[f] = inner == 1 ? tv1d::vjp_fiber(y + base, g + base, grad_x + base, 1, n)
+                           : tv1d::vjp_fiber(y + base, g + base, grad_x + base, inner, n);
+}

@@ -1,0 +1,299 @@
+r"""1D total-variation proximal operator and its vector-Jacobian product, on NumPy or CuPy arrays.
+
+Kernels live in ``cuda_src/tv1d.cu`` (its header documents the algorithms and the launch
+contract this module implements). NumPy arrays run on the CPU through the host executor, CuPy
+arrays on their own device and current stream; the code path is the same for both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cupytv import _loader
+from cupytv._validation import (
+    check_float_dtype,
+    check_same_array_kind,
+    lam_to_array,
+    normalize_axis,
+    unbroadcast,
+)
+
+STEM = "tv1d"
+#: Forward methods: name -> kernel name (without the template arguments). "auto" picks condat.
+METHODS = {"condat": "tv1d_condat", "taut_string": "tv1d_taut_string", "pn": "tv1d_pn"}
+DEFAULT_METHOD = "condat"
+# Launch contract of cuda_src/tv1d.cu (see its header): threads per block, the largest staged tile,
+# and the fiber length above which Condat's worst-case guard needs workspace.
+BLOCK = 128
+STAGE_MAX_BYTES = 48 * 1024
+GUARD_MIN_N = 64
+# Projected Newton's workspace (cuda_src/tv1d_pn.cuh): two planes of n values per fiber.
+PN_SCRATCH_BYTES_PER_SAMPLE = 16
+_CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+_DOUBLE_BYTES = 8
+
+
+def prox_tv1d(x, lam, axis: int = -1, *, method: str = "auto", out=None):
+    r"""TV proximal operator of every 1D fiber of ``x`` along ``axis``.
+
+    For each fiber :math:`x \in \mathbb{R}^n` (the entries of ``x`` along ``axis`` with every
+    other index fixed) it returns
+
+    .. math::
+        y = \arg\min_y \tfrac12 \lVert y - x\rVert_2^2 + \lambda \sum_{k=0}^{n-2} |y_{k+1} - y_k|.
+
+    The direct methods are exact (no iterations, no tolerance): the result matches
+    :func:`cupytv.reference.prox_tv1d` up to the rounding of sums. Projected Newton iterates to a
+    duality-gap tolerance and then snaps each segment to its exact value (see
+    ``cuda_src/tv1d_pn.cuh``).
+
+    ===================  =======================================================================
+    method               algorithm
+    ===================  =======================================================================
+    ``"auto"``           ``"condat"`` (the fastest exact method measured; see the README).
+    ``"condat"``         Condat's direct algorithm (IEEE SPL 2013): O(1) memory per fiber, about
+                         1-2 reads per sample on typical data. Its worst case (e.g. a long ramp
+                         with a large ``lam``) is quadratic, so fibers longer than 64 samples that
+                         exceed 4 reads per sample are re-solved by the taut string: linear time
+                         for every input.
+    ``"taut_string"``    The taut-string algorithm (Davies & Kovac 2001): linear time with no
+                         restarts, but keeps two hulls in workspace (32 bytes per sample).
+    ``"pn"``             Projected Newton on the dual (Barbero & Sra 2011), the whole solve in
+                         one launch, then each segment set to its closed-form value; 16 bytes of
+                         workspace per sample. For comparison with the literature.
+    ===================  =======================================================================
+
+    Args:
+        x: NumPy or CuPy array of float16, float32 or float64, shape ``(*, n, *)``. float16 is
+            computed in float32 and returned as float16. Sums are accumulated in float64.
+        lam: weight :math:`\lambda \ge 0`: a scalar, or an array broadcastable to x's shape with
+            ``axis`` reduced to 1 (one weight per fiber), NumPy or of x's kind.
+        axis: the axis along which the fibers run. Default: the last. Any axis is read in place
+            (no transposing copy).
+        method: ``"auto"`` (default), ``"condat"``, ``"taut_string"`` or ``"pn"``.
+        out: optional C-contiguous array of x's shape, dtype and kind (and device) to write the
+            result into. It may be ``x`` itself.
+
+    Returns:
+        ``y`` with x's shape and dtype (``out`` when given). Every constant segment of a fiber
+        holds one bit-identical value. ``lam == 0`` returns x exactly; a fiber holding NaN or ±Inf
+        comes back as all NaN, and no other fiber is affected.
+
+    Raises:
+        TypeError: x is not a NumPy/CuPy floating array, or arrays mix NumPy and CuPy.
+        ValueError: bad axis, lam shape or value, method name, or ``out``.
+
+    Example:
+        >>> import numpy as np
+        >>> from cupytv import prox_tv1d
+        >>> prox_tv1d(np.array([0.0, 0.0, 3.0, 3.0]), 1.0)
+        array([0.5, 0.5, 2.5, 2.5])
+    """
+    kernel = _kernel_name(method)
+    xp = _array_module(x, "x")
+    dtype = check_float_dtype(x.dtype)
+    if x.ndim == 0:
+        raise ValueError("x: expected an array with at least 1 dimension, got a 0-d array")
+    ax = normalize_axis(axis, x.ndim)
+    lam_b = lam_to_array(lam, x.shape, (ax,))
+    if out is not None:
+        _check_out(out, x, xp)
+    outer, n, inner = _fiber_view(x.shape, ax)
+    if x.size == 0:
+        return xp.empty_like(x) if out is None else out
+    compute = _compute_dtype(dtype)
+    if out is not None and xp.may_share_memory(out, x):
+        x = x.copy()  # the kernels take x and y __restrict__: keep the two apart
+    xc = xp.ascontiguousarray(x, dtype=compute)
+    direct = out is not None and compute == dtype
+    y = out if direct else xp.empty(x.shape, dtype=compute)
+    # The host executor runs the unstaged kernels: CPU caches already serve a thread's contiguous
+    # fiber, and a block barrier there costs ~35 ns per thread (docs/ARCHITECTURE.md).
+    staged = xp is not np
+    _launch_forward(kernel, xc, y, lam_b, (outer, n, inner), staged)
+    if direct:
+        return out
+    if out is not None:
+        out[...] = y
+        return out
+    return y.astype(dtype, copy=False)
+
+
+def prox_tv1d_vjp(g, y, lam, axis: int = -1):
+    r"""Gradients of :math:`\langle g, \mathrm{prox}_{\lambda TV}(x)\rangle` w.r.t. x and lam.
+
+    Takes the forward's *output* ``y`` (not x), so a framework saves one array and the backward is
+    one O(n) pass per fiber. The prox is piecewise affine: on each constant segment :math:`S` of
+    ``y``, :math:`y_S = \operatorname{mean}_S(x) + \lambda (s_{out} - s_{in}) / |S|`, with
+    :math:`s_{in}, s_{out}` the signs of the jumps into and out of :math:`S` (0 at the fiber
+    ends), so
+
+    .. math::
+        \nabla_x = \operatorname{mean}_S(g) \text{ on each } S, \qquad
+        \nabla_\lambda = \sum_S (s_{out} - s_{in})\, \operatorname{mean}_S(g).
+
+    Segments are runs of equal values of ``y``; :func:`prox_tv1d` writes one bit-identical value
+    per segment, so pass its output unchanged. At lam == 0 every sample is its own segment (the
+    one-sided derivative at 0+, as in :func:`cupytv.reference.prox_tv1d_vjp`).
+
+    Args:
+        g: upstream gradient, same shape, dtype and kind as ``y``.
+        y: the output of :func:`prox_tv1d` for the same ``lam`` and ``axis``.
+        lam: the weight used in the forward (only its shape matters here).
+        axis: the axis the forward ran along.
+
+    Returns:
+        ``(grad_x, grad_lam)``: grad_x has y's shape and dtype; grad_lam has lam's shape (0-d
+        for a scalar lam), summed over the fibers that shared a weight, in y's dtype. A fiber
+        whose ``y`` holds NaN gets NaN gradients.
+
+    Example:
+        >>> import numpy as np
+        >>> from cupytv import prox_tv1d, prox_tv1d_vjp
+        >>> y = prox_tv1d(np.array([0.0, 0.0, 3.0, 3.0]), 1.0)
+        >>> prox_tv1d_vjp(np.array([1.0, 0.0, 0.0, 0.0]), y, 1.0)
+        (array([0.5, 0.5, 0. , 0. ]), array(0.5))
+    """
+    xp = _array_module(y, "y")
+    check_same_array_kind(g, y, "g", "y")
+    dtype = check_float_dtype(y.dtype, "y")
+    check_float_dtype(g.dtype, "g")
+    if g.shape != y.shape or g.dtype != y.dtype:
+        raise ValueError(
+            f"g: expected y's shape and dtype {y.shape} {y.dtype}, got {g.shape} {g.dtype}"
+        )
+    if y.ndim == 0:
+        raise ValueError("y: expected an array with at least 1 dimension, got a 0-d array")
+    ax = normalize_axis(axis, y.ndim)
+    lam_b = lam_to_array(lam, y.shape, (ax,))
+    lam_shape = np.shape(lam)
+    outer, n, inner = _fiber_view(y.shape, ax)
+    if y.size == 0:
+        return xp.zeros_like(y), xp.zeros(lam_shape, dtype=dtype)
+    compute = _compute_dtype(dtype)
+    yc = xp.ascontiguousarray(y, dtype=compute)
+    gc = xp.ascontiguousarray(g, dtype=compute)
+    grad_x = xp.empty(y.shape, dtype=compute)
+    grad_fiber = xp.empty(outer * inner, dtype=compute)
+    _loader.launch(
+        STEM,
+        f"tv1d_vjp<{_CTYPES[compute]}>",
+        (_ceil_div(outer * inner, BLOCK),),
+        (BLOCK,),
+        (yc, gc, grad_x, grad_fiber, np.int64(outer), np.int64(n), np.int64(inner)),
+    )
+    # xp.asarray: NumPy reductions to 0-d return scalars; the contract is an array of lam's shape.
+    grad_lam = xp.asarray(unbroadcast(grad_fiber.reshape(lam_b.shape), lam_shape))
+    return grad_x.astype(dtype, copy=False), grad_lam.astype(dtype, copy=False)
+
+
+def _launch_forward(kernel: str, xc, y, lam_b, view, staged: bool) -> None:
+    """Launch a forward kernel per the contract in cuda_src/tv1d.cu.
+
+    ``xc`` and ``y``: C-contiguous, distinct, of the compute dtype; ``lam_b``: lam broadcast to x's
+    shape with the TV axis reduced to 1; ``view``: (outer, n, inner). ``staged`` picks the kernel
+    that stages contiguous fibers through shared memory (``<kernel><T>``, for GPUs) over the one
+    that reads them in place (``<kernel><T, false>``, for the host executor).
+    """
+    outer, n, inner = view
+    xp = np if isinstance(xc, np.ndarray) else _array_module(xc, "x")
+    compute = xc.dtype
+    lam_dev, lam_strides = _lam_argument(lam_b, outer, inner, compute, xp)
+    fibers = outer * inner
+    scratch = xp.empty(max(1, fibers * _scratch_per_fiber(kernel, n, compute)), dtype=compute)
+    ctype = _CTYPES[compute]
+    if kernel == METHODS["pn"]:  # one kernel for both executors, no shared memory
+        name, shared = f"{kernel}<{ctype}>", 0
+    else:
+        tile_bytes = BLOCK * (n | 1) * compute.itemsize
+        shared = tile_bytes if staged and inner == 1 and tile_bytes <= STAGE_MAX_BYTES else 0
+        name = f"{kernel}<{ctype}>" if staged else f"{kernel}<{ctype}, false>"
+    _loader.launch(
+        STEM,
+        name,
+        (_ceil_div(fibers, BLOCK),),
+        (BLOCK,),
+        (
+            xc,
+            y,
+            lam_dev,
+            np.int64(lam_strides[0]),
+            np.int64(lam_strides[1]),
+            np.int64(outer),
+            np.int64(n),
+            np.int64(inner),
+            scratch,
+        ),
+        shared_mem=shared,
+    )
+
+
+def _kernel_name(method) -> str:
+    if method == "auto":
+        method = DEFAULT_METHOD
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method: expected one of {['auto', *METHODS]}, got {method!r}")
+    return METHODS[method]
+
+
+def _array_module(a, name: str):
+    """numpy for NumPy arrays, cupy for CuPy arrays; anything else is a TypeError."""
+    if isinstance(a, np.ndarray):
+        return np
+    if _loader._is_cupy_array(a):
+        import cupy
+
+        return cupy
+    raise TypeError(
+        f"{name}: expected a numpy.ndarray or cupy.ndarray, got "
+        f"{type(a).__module__}.{type(a).__name__}"
+    )
+
+
+def _compute_dtype(dtype: np.dtype) -> np.dtype:
+    # float16 has no kernel: it is computed in float32 and cast back.
+    return np.dtype(np.float32) if dtype == np.float16 else dtype
+
+
+def _fiber_view(shape: tuple[int, ...], ax: int) -> tuple[int, int, int]:
+    """(outer, n, inner) of a C-contiguous array viewed with the TV axis in the middle."""
+    return (
+        int(np.prod(shape[:ax], dtype=np.int64)),
+        shape[ax],
+        int(np.prod(shape[ax + 1 :], dtype=np.int64)),
+    )
+
+
+def _check_out(out, x, xp) -> None:
+    check_same_array_kind(out, x, "out", "x")
+    if out.shape != x.shape or out.dtype != x.dtype:
+        raise ValueError(
+            f"out: expected x's shape and dtype {x.shape} {x.dtype}, got {out.shape} {out.dtype}"
+        )
+    if not out.flags.c_contiguous:
+        raise ValueError("out: expected a C-contiguous array, got a non-contiguous one")
+    if xp is np and not out.flags.writeable:
+        raise ValueError("out: expected a writeable array, got a read-only one")
+
+
+def _lam_argument(lam_b: np.ndarray, outer: int, inner: int, compute: np.dtype, xp):
+    """lam as the kernel reads it: (array of T, (stride_outer, stride_inner)) in elements."""
+    if lam_b.size == 1 or np.all(lam_b == lam_b.flat[0]):
+        return xp.asarray(np.asarray([lam_b.flat[0]], dtype=compute)), (0, 0)
+    # The reduced shape has x's dimensions with the TV axis at 1: (outer, 1, inner) in order.
+    lam_c = np.ascontiguousarray(lam_b, dtype=compute).reshape(outer, inner)
+    return xp.asarray(lam_c), (inner, 1)
+
+
+def _scratch_per_fiber(kernel: str, n: int, compute: np.dtype) -> int:
+    """Workspace elements per fiber, per the launch contract of cuda_src/tv1d.cu."""
+    if kernel == METHODS["pn"]:
+        return PN_SCRATCH_BYTES_PER_SAMPLE // compute.itemsize * n  # see cuda_src/tv1d_pn.cuh
+    hulls = 4 * (n + 1) * (_DOUBLE_BYTES // compute.itemsize)  # the taut string's two hulls
+    if kernel == METHODS["condat"]:
+        return hulls if n > GUARD_MIN_N else 0  # only guarded fibers can fall back
+    return hulls
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)

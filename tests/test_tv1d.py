@@ -1,0 +1,424 @@
+"""The 1D TV kernels (cuda_src/tv1d.cu) through cupytv.prox_tv1d / prox_tv1d_vjp.
+
+Every test body runs on the host executor (NumPy arrays, always) and on CuPy (``gpu`` marker).
+Results are compared with the exact reference (cupytv.reference, Johnson's dynamic programme in
+float64) and, where many fibers are checked at once, with the optimality (KKT) conditions, which
+certify a solution without another solver.
+
+Tolerances. float64: every output is a segment mean plus lam (s_out - s_in) / |S|, formed from
+sums of at most n terms of size <= max|x| (Condat: running segment sums; taut string: differences
+of running sums), so its rounding error is at most a small multiple of n * eps * max|x|;
+F64_FACTOR * n * eps * max|x| bounds it (<= 1e-12 relative to scale for the n <= ~1000 used
+here). float32: the kernels read float32, accumulate in float64 and round the result once, and lam
+is rounded to float32 on the way in; compared with the exact solution for the float32 input and
+float32(lam), the error is the final rounding (half an ulp of max|x|) plus the float64 error,
+bounded by F32_ULPS * eps32 * max|x|.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cupytv
+from cupytv import reference, tv1d
+from cupytv.testing import signals_1d, tv1d_lam_max
+
+METHODS = ("condat", "taut_string", "pn")  # condat first: the others are compared with it
+DTYPES = (np.float32, np.float64)
+BLOCK = 128  # cuda_src/tv1d.cu TV1D_BLOCK: fibers per block
+F64_FACTOR = 8
+F32_ULPS = 4
+# Fiber counts around one and two blocks (partial, full, one over) and a single fiber.
+FIBER_COUNTS = (1, BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK + 1)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("numpy", id="host"),
+        pytest.param("cupy", id="cupy", marks=pytest.mark.gpu),
+    ]
+)
+def xp(request):
+    if request.param == "numpy":
+        return np
+    import cupy
+
+    return cupy
+
+
+def to_numpy(a) -> np.ndarray:
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def tolerance(x: np.ndarray, dtype) -> float:
+    """Absolute tolerance for prox outputs of fibers like x (see the module docstring)."""
+    scale = max(float(np.max(np.abs(x), initial=0.0)), np.finfo(np.float64).tiny)
+    n = x.shape[-1] if x.ndim else 1
+    f64 = F64_FACTOR * max(n, 1) * np.finfo(np.float64).eps * scale
+    if np.dtype(dtype) == np.float64:
+        return f64
+    return F32_ULPS * np.finfo(np.float32).eps * scale + f64
+
+
+def expected(x: np.ndarray, lam, axis=-1, dtype=np.float64) -> np.ndarray:
+    """The reference for the input as the kernel sees it: x and lam rounded to dtype."""
+    x_in = np.asarray(x, dtype=dtype).astype(np.float64)
+    lam_in = np.asarray(lam, dtype=dtype).astype(np.float64)
+    return reference.prox_tv1d(x_in, lam_in, axis=axis)
+
+
+def assert_kkt(x: np.ndarray, y: np.ndarray, lam: np.ndarray, tol: float) -> None:
+    """y is the prox of x (rows, last axis) iff u = cumsum(x - y) certifies it: |u| <= lam,
+    u[-1] = 0, u = -lam where y steps up, +lam where it steps down."""
+    u = np.cumsum(x.astype(np.float64) - y.astype(np.float64), axis=-1)
+    lam = np.broadcast_to(np.asarray(lam, dtype=np.float64).reshape(-1, 1), u.shape)
+    n = x.shape[-1]
+    # The dual sums up to n output errors, hence the factor n on the per-output tolerance.
+    tol_u = n * tol
+    np.testing.assert_allclose(u[:, -1], 0.0, atol=tol_u)
+    inner, lam_i = u[:, :-1], lam[:, :-1]
+    assert np.all(np.abs(inner) <= lam_i + tol_u)
+    step = np.diff(y.astype(np.float64), axis=-1)
+    up, down = step > 0, step < 0
+    np.testing.assert_allclose(inner[up], -lam_i[up], atol=tol_u)
+    np.testing.assert_allclose(inner[down], lam_i[down], atol=tol_u)
+
+
+def signal_batch(n: int, rng) -> np.ndarray:
+    return np.stack(list(signals_1d(n, rng).values()))
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward against the reference
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", METHODS)
+def test_adversarial_signals_match_reference(xp, rng, method, dtype):
+    for n in (1, 2, 3, 4, 17, 64, 65, 66, 300):
+        x = signal_batch(n, rng)
+        for lam in (1e-9, 0.05, 1.0, 30.0):
+            y = to_numpy(cupytv.prox_tv1d(xp.asarray(x.astype(dtype)), lam, method=method))
+            assert y.dtype == dtype
+            np.testing.assert_allclose(
+                y, expected(x, lam, dtype=dtype), rtol=0, atol=tolerance(x, dtype), err_msg=f"{n=}"
+            )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", METHODS)
+def test_tile_and_block_boundary_sweep(xp, rng, method, dtype):
+    # Every fiber length across the staged-tile rows (odd padding, 47 = last double tile at 128
+    # threads, 64/65 = the guard threshold) and fiber counts around block multiples. Certified by
+    # the KKT conditions (the reference would take seconds for these ~40k fibers).
+    for n in range(1, 70):
+        for fibers in FIBER_COUNTS:
+            x = rng.standard_normal((fibers, n)).astype(dtype)
+            lam = rng.uniform(0.0, 1.5, fibers).astype(dtype)
+            y = to_numpy(cupytv.prox_tv1d(xp.asarray(x), xp.asarray(lam[:, None]), method=method))
+            assert_kkt(x, y, lam, tolerance(x, dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_projected_newton_and_direct_solvers_agree(xp, rng, dtype):
+    # Projected Newton (iterative, then polished to the closed form per segment) against the two
+    # direct solvers, on many random fibers in one launch each, with per-fiber lam.
+    x = rng.standard_normal((300, 150)).astype(dtype)
+    lam = (10.0 ** rng.uniform(-2, 1, (300, 1))).astype(dtype)
+    ys = {m: to_numpy(cupytv.prox_tv1d(xp.asarray(x), xp.asarray(lam), method=m)) for m in METHODS}
+    for m in METHODS[1:]:
+        np.testing.assert_allclose(ys[m], ys[METHODS[0]], rtol=0, atol=2 * tolerance(x, dtype))
+
+
+@pytest.mark.parametrize("method", [*METHODS, "auto"])
+def test_lam_zero_is_the_exact_identity(xp, rng, method):
+    for dtype in DTYPES:
+        x = (rng.standard_normal((5, 33)) * 10.0 ** rng.integers(-30, 30, (5, 33))).astype(dtype)
+        x[0, 3] = -0.0
+        y = to_numpy(cupytv.prox_tv1d(xp.asarray(x), 0.0, method=method))
+        np.testing.assert_array_equal(y, x)
+        assert np.signbit(y[0, 3])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", METHODS)
+def test_huge_lam_gives_the_mean(xp, rng, method, dtype):
+    for n in (2, 7, 200):
+        x = signal_batch(n, rng)
+        lam = 2.0 * max(tv1d_lam_max(row) for row in x) + 1.0
+        y = to_numpy(cupytv.prox_tv1d(xp.asarray(x.astype(dtype)), lam, method=method))
+        # One constant segment per fiber, equal to the mean of the (rounded) input.
+        assert np.all(y == y[:, :1])
+        mean = x.astype(dtype).astype(np.float64).mean(axis=1, keepdims=True)
+        np.testing.assert_allclose(y, np.broadcast_to(mean, y.shape), atol=tolerance(x, dtype))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("shape", [(3, 4, 70), (2, 3, 4, 5)])
+def test_every_axis_with_per_fiber_lam(xp, rng, method, shape):
+    x = rng.standard_normal(shape)
+    for axis in range(-len(shape), len(shape)):
+        reduced = tuple(1 if d == axis % len(shape) else s for d, s in enumerate(shape))
+        # A scalar, one weight per fiber, and one per trailing index (broadcast over dim 0).
+        for lam in (0.3, rng.uniform(0.0, 2.0, reduced), rng.uniform(0.0, 2.0, reduced[1:])):
+            lam_dev = xp.asarray(lam) if np.ndim(lam) else lam
+            y = to_numpy(cupytv.prox_tv1d(xp.asarray(x), lam_dev, axis=axis, method=method))
+            np.testing.assert_allclose(
+                y,
+                reference.prox_tv1d(x, lam, axis=axis),
+                rtol=0,
+                atol=tolerance(x, np.float64) * max(shape),
+                err_msg=f"{axis=}",
+            )
+
+
+def test_non_contiguous_input_and_float16(xp, rng):
+    x = rng.standard_normal((40, 30))
+    view = xp.asarray(x)[::2, ::-1]
+    y = to_numpy(cupytv.prox_tv1d(view, 0.5, axis=0))
+    np.testing.assert_allclose(y, reference.prox_tv1d(x[::2, ::-1], 0.5, axis=0), atol=1e-13)
+    half = cupytv.prox_tv1d(xp.asarray(x.astype(np.float16)), 0.5)
+    assert half.dtype == np.float16
+    exact = expected(x.astype(np.float16), 0.5, dtype=np.float32)
+    # float16 is computed in float32 and rounded once to float16: half an ulp of max|x|.
+    np.testing.assert_allclose(to_numpy(half), exact, atol=np.finfo(np.float16).eps * 4)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_constant_segments_are_bit_identical(xp, rng, method):
+    x = np.concatenate([rng.standard_normal((20, 500)), signal_batch(500, rng)])
+    y = to_numpy(cupytv.prox_tv1d(xp.asarray(x), 0.7, method=method))
+    ref = reference.prox_tv1d(x, 0.7)
+    tol = tolerance(x, np.float64)
+    # Same segments as the reference (whose pieces are exact repeats), and no near-ties: every
+    # step of the output is either exactly zero or far above rounding.
+    steps, ref_steps = np.diff(y, axis=1), np.diff(ref, axis=1)
+    np.testing.assert_array_equal(steps != 0, np.abs(ref_steps) > tol)
+    assert np.all((steps == 0) | (np.abs(steps) > 100 * tol))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_long_ramp_falls_back_and_stays_exact(xp, method):
+    # A ramp with a large lam is Condat's quadratic case: it exceeds the work budget and is solved
+    # again by the taut string. Small enough for the default run.
+    n = 3000
+    x = 10.0 * np.arange(n) / n
+    y = to_numpy(cupytv.prox_tv1d(xp.asarray(x), 20.0, method=method))
+    np.testing.assert_allclose(
+        y, reference.prox_tv1d(x, 20.0), rtol=0, atol=tolerance(x, np.float64)
+    )
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_random_walks_with_large_lam(xp, rng, method):
+    # Smooth signals under heavy smoothing make Condat re-read samples 3-25 times (measured), so
+    # some fibers exceed the guard's budget and fall back, others do not.
+    x = np.cumsum(rng.standard_normal((12, 1000)), axis=1)
+    lam = np.array([1.0, 10.0, 100.0, 1000.0] * 3)[:, None]
+    y = to_numpy(cupytv.prox_tv1d(xp.asarray(x), xp.asarray(lam), method=method))
+    np.testing.assert_allclose(
+        y, reference.prox_tv1d(x, lam), rtol=0, atol=tolerance(x, np.float64)
+    )
+
+
+@pytest.mark.slow
+def test_worst_case_ramp_is_exact(xp):
+    # Issue 4's worst case: x[i] = 10 i / N, lam = 1000, N = 2e5. Its time (linear: ~10 ms on one
+    # core) is measured by benchmarks/bench_tv1d.py; tests assert correctness only.
+    n = 200_000
+    x = 10.0 * np.arange(n) / n
+    y = to_numpy(cupytv.prox_tv1d(xp.asarray(x), 1000.0))
+    np.testing.assert_allclose(
+        y, reference.prox_tv1d(x, 1000.0), rtol=0, atol=tolerance(x, np.float64)
+    )
+
+
+def test_float32_long_fibers_stay_accurate(xp, rng):
+    # 1e5 samples of mean 100 in one segment: a float32 running sum would lose ~1e-3 relative;
+    # the kernels accumulate in float64 and round once.
+    x = (100.0 + rng.standard_normal((2, 100_000))).astype(np.float32)
+    y = to_numpy(cupytv.prox_tv1d(xp.asarray(x), 1e6))
+    mean = x.astype(np.float64).mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(y, np.broadcast_to(mean, y.shape), rtol=np.finfo(np.float32).eps)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_nan_and_inf_stay_in_their_fiber(xp, rng, method):
+    for dtype in DTYPES:
+        x = rng.standard_normal((2 * BLOCK + 3, 70)).astype(dtype)
+        clean = to_numpy(cupytv.prox_tv1d(xp.asarray(x), 0.4, method=method))
+        bad_rows = {5: np.nan, BLOCK: np.inf, 2 * BLOCK + 2: -np.inf}
+        for row, value in bad_rows.items():
+            x[row, row % 70] = value
+        y = to_numpy(cupytv.prox_tv1d(xp.asarray(x), 0.4, method=method))
+        good = np.setdiff1d(np.arange(x.shape[0]), list(bad_rows))
+        assert np.all(np.isnan(y[list(bad_rows)]))
+        np.testing.assert_array_equal(y[good], clean[good])
+        # Strided fibers too: the same data with the TV axis first.
+        xt = xp.asarray(np.ascontiguousarray(x.T))
+        yt = to_numpy(cupytv.prox_tv1d(xt, 0.4, axis=0, method=method))
+        assert np.all(np.isnan(yt[:, list(bad_rows)]))
+        np.testing.assert_array_equal(yt[:, good].T, y[good])
+
+
+def test_out_argument(xp, rng):
+    x = xp.asarray(rng.standard_normal((6, 50)))
+    out = xp.empty_like(x)
+    assert cupytv.prox_tv1d(x, 0.2, out=out) is out
+    expect = to_numpy(cupytv.prox_tv1d(x, 0.2))
+    np.testing.assert_array_equal(to_numpy(out), expect)
+    assert cupytv.prox_tv1d(x, 0.2, out=x) is x  # in place
+    np.testing.assert_array_equal(to_numpy(x), expect)
+
+
+def test_empty_inputs(xp):
+    assert cupytv.prox_tv1d(xp.zeros((0, 5)), 1.0).shape == (0, 5)
+    assert cupytv.prox_tv1d(xp.zeros((3, 0)), 1.0).shape == (3, 0)
+    gx, gl = cupytv.prox_tv1d_vjp(xp.zeros((3, 0)), xp.zeros((3, 0)), xp.ones((3, 1)))
+    assert gx.shape == (3, 0)
+    assert gl.shape == (3, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", METHODS)
+def test_vjp_matches_reference(xp, rng, method, dtype):
+    for n in (1, 2, 3, 65, 300):
+        # Not the staircase: its dual touches +-lam inside runs of equal values (a zero-height
+        # "jump"), where the prox is not differentiable; the reference then splits the run and
+        # returns another element of the generalized Jacobian, the kernels keep the run whole.
+        signals = signals_1d(n, rng)
+        x = np.stack([v for k, v in signals.items() if k != "staircase"])
+        lam = rng.uniform(0.01, 2.0, (x.shape[0], 1))
+        g = rng.standard_normal(x.shape)
+        y = cupytv.prox_tv1d(xp.asarray(x.astype(dtype)), xp.asarray(lam), method=method)
+        gx, gl = cupytv.prox_tv1d_vjp(xp.asarray(g.astype(dtype)), y, xp.asarray(lam))
+        x_in = x.astype(dtype).astype(np.float64)
+        lam_in = lam.astype(dtype).astype(np.float64)
+        rgx, rgl = reference.prox_tv1d_vjp(x_in, lam_in, g.astype(dtype).astype(np.float64))
+        # The gradients are segment means of g: float64 sums, one rounding to dtype.
+        tol = 4 * np.finfo(dtype).eps * float(np.abs(g).max()) * (n if dtype == np.float64 else 1)
+        assert gx.dtype == dtype
+        assert gl.shape == lam.shape
+        np.testing.assert_allclose(to_numpy(gx), rgx, rtol=0, atol=tol, err_msg=f"{n=}")
+        np.testing.assert_allclose(to_numpy(gl), rgl, rtol=0, atol=4 * n * tol, err_msg=f"{n=}")
+
+
+def test_vjp_matches_central_differences(xp, rng):
+    # The prox is piecewise affine in (x, lam): a central difference with a step far below the
+    # distance to the next kink is exact up to rounding (eps * |f| / h ~ 1e-10 here).
+    h, n = 1e-6, 40
+    x = rng.standard_normal((3, n))
+    lam = np.array([[0.2], [0.5], [1.0]])
+    g = rng.standard_normal(x.shape)
+    v = rng.standard_normal(x.shape)
+
+    def f(x_, lam_):
+        return float(np.sum(g * to_numpy(cupytv.prox_tv1d(xp.asarray(x_), xp.asarray(lam_)))))
+
+    y = cupytv.prox_tv1d(xp.asarray(x), xp.asarray(lam))
+    gx, gl = cupytv.prox_tv1d_vjp(xp.asarray(g), y, xp.asarray(lam))
+    fd_x = (f(x + h * v, lam) - f(x - h * v, lam)) / (2 * h)
+    np.testing.assert_allclose(float(np.sum(to_numpy(gx) * v)), fd_x, rtol=1e-6, atol=1e-8)
+    for row in range(3):
+        e = np.zeros_like(lam)
+        e[row] = h
+        fd_lam = (f(x, lam + e) - f(x, lam - e)) / (2 * h)
+        np.testing.assert_allclose(to_numpy(gl)[row, 0], fd_lam, rtol=1e-6, atol=1e-8)
+
+
+def test_vjp_every_axis_and_scalar_lam(xp, rng):
+    x = rng.standard_normal((3, 20, 4, 5))
+    g = rng.standard_normal(x.shape)
+    for axis in range(4):
+        y = cupytv.prox_tv1d(xp.asarray(x), 0.4, axis=axis)
+        gx, gl = cupytv.prox_tv1d_vjp(xp.asarray(g), y, 0.4, axis=axis)
+        rgx, rgl = reference.prox_tv1d_vjp(x, 0.4, g, axis=axis)
+        assert gl.shape == ()
+        assert type(gl) is type(gx)  # a 0-d array, not a NumPy scalar
+        np.testing.assert_allclose(to_numpy(gx), rgx, atol=1e-13)
+        np.testing.assert_allclose(to_numpy(gl), rgl, atol=1e-12)
+
+
+def test_vjp_nan_fiber_gives_nan_gradients(xp, rng):
+    x = rng.standard_normal((4, 10))
+    x[2, 3] = np.nan
+    y = cupytv.prox_tv1d(xp.asarray(x), 0.3)
+    gx, gl = cupytv.prox_tv1d_vjp(xp.ones_like(y), y, xp.full((4, 1), 0.3))
+    gx, gl = to_numpy(gx), to_numpy(gl)
+    assert np.all(np.isnan(gx[2]))
+    assert np.isnan(gl[2, 0])
+    assert np.all(np.isfinite(np.delete(gx, 2, axis=0)))
+    assert np.all(np.isfinite(np.delete(gl, 2, axis=0)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Input validation
+
+
+def test_validation_messages(xp):
+    x = xp.zeros((3, 4))
+    with pytest.raises(ValueError, match=r"method: expected one of \['auto', 'condat'"):
+        cupytv.prox_tv1d(x, 1.0, method="newton")
+    with pytest.raises(TypeError, match="expected a real floating-point dtype"):
+        cupytv.prox_tv1d(xp.zeros((3, 4), dtype=np.int32), 1.0)
+    with pytest.raises(
+        TypeError, match=r"expected a numpy\.ndarray or cupy\.ndarray, got builtins"
+    ):
+        cupytv.prox_tv1d([1.0, 2.0], 1.0)
+    with pytest.raises(ValueError, match=r"lam: expected values >= 0, got -1\.0"):
+        cupytv.prox_tv1d(x, -1.0)
+    with pytest.raises(ValueError, match=r"lam: expected a scalar or an array broadcastable"):
+        cupytv.prox_tv1d(x, np.ones(4))
+    with pytest.raises(ValueError, match="axis: expected an axis in"):
+        cupytv.prox_tv1d(x, 1.0, axis=2)
+    with pytest.raises(ValueError, match="0-d"):
+        cupytv.prox_tv1d(xp.zeros(()), 1.0)
+    with pytest.raises(ValueError, match=r"out: expected x's shape and dtype \(3, 4\) float64"):
+        cupytv.prox_tv1d(x, 1.0, out=xp.zeros((3, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match="out: expected a C-contiguous array"):
+        cupytv.prox_tv1d(x, 1.0, out=xp.zeros((4, 3)).T)
+    with pytest.raises(ValueError, match=r"g: expected y's shape and dtype \(3, 4\)"):
+        cupytv.prox_tv1d_vjp(xp.zeros((3, 5)), x, 1.0)
+    with pytest.raises(TypeError, match="g: expected the same kind of array as y"):
+        cupytv.prox_tv1d_vjp([[0.0] * 4] * 3, x, 1.0)
+
+
+@pytest.mark.gpu
+def test_mixing_numpy_and_cupy_is_refused():
+    import cupy
+
+    with pytest.raises(TypeError, match="out: expected the same kind of array as x"):
+        cupytv.prox_tv1d(cupy.zeros((3, 4)), 1.0, out=np.zeros((3, 4)))
+    with pytest.raises(TypeError, match="g: expected the same kind of array as y"):
+        cupytv.prox_tv1d_vjp(np.zeros((3, 4)), cupy.zeros((3, 4)), 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The staged kernels (what CuPy runs for contiguous fibers) on the host executor
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", ["tv1d_condat", "tv1d_taut_string"])
+def test_staged_and_unstaged_kernels_agree_bit_for_bit(rng, kernel, dtype):
+    # prox_tv1d runs <kernel><T, false> on NumPy arrays and <kernel><T> (shared-memory tile for
+    # contiguous fibers) on CuPy ones; both must give identical bits. Lengths cover every tile
+    # row up to past the guard threshold (float tiles fit up to n = 95 at 128 threads, so guarded
+    # fibers that fall back re-read global x from inside the staged path: the ramp rows).
+    for n in (*range(1, 70), 94, 95, 96, 130):
+        for fibers in (1, BLOCK + 1, 2 * BLOCK + 1):
+            x = rng.standard_normal((fibers, n)).astype(dtype)
+            x[::7] = np.arange(n) / max(n, 1)  # ramps; with lam = 50 they exceed the budget
+            lam = np.where(np.arange(fibers) % 7 == 0, 50.0, rng.uniform(0, 1, fibers))[:, None]
+            lam_b = np.asarray(lam, dtype=np.float64)
+            results = []
+            for staged in (True, False):
+                y = np.full_like(x, np.nan)
+                tv1d._launch_forward(kernel, x, y, lam_b, (fibers, n, 1), staged)
+                results.append(y)
+            np.testing.assert_array_equal(results[0], results[1], err_msg=f"{n=} {fibers=}")
+            assert_kkt(x, results[0], lam.astype(dtype), tolerance(x, dtype))
