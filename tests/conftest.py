@@ -38,6 +38,25 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(
+    params=[
+        pytest.param("numpy", id="host"),
+        pytest.param("cupy", id="cupy", marks=pytest.mark.gpu),
+    ]
+)
+def xp(request):
+    """The array module a kernel test runs on: NumPy (host executor, always) and CuPy (``gpu``).
+
+    One test body serves both executors, as the house style asks; compare results on the host
+    with ``cupytv._validation.host_array``.
+    """
+    if request.param == "numpy":
+        return np
+    import cupy
+
+    return cupy
+
+
 @pytest.fixture
 def rng(request) -> np.random.Generator:
     """A generator seeded from the test's node id, so every test is reproducible on its own."""

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from cupytv import _loader
+from cupytv._validation import host_array
 
 STEM = "smoke"
 CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -19,24 +20,6 @@ BLOCKS = (1, 32, 100, 256, 1024)  # 1 and 100: no power-of-two assumption; 1024:
 # Integer values this small keep every partial sum (at most 8 * 1024) exact in float32, so the
 # scan is compared exactly whatever order the additions happen in.
 MAX_ABS_VALUE = 8
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("numpy", id="host"),
-        pytest.param("cupy", id="cupy", marks=pytest.mark.gpu),
-    ]
-)
-def xp(request):
-    if request.param == "numpy":
-        return np
-    import cupy
-
-    return cupy
-
-
-def to_numpy(a) -> np.ndarray:
-    return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
 def sizes_around_tiles(block: int) -> list[int]:
@@ -77,7 +60,9 @@ def test_smoke_matches_reference_exactly(xp, rng, kind, block, dtype):
     for n in sizes_around_tiles(block):
         x_host = rng.integers(-MAX_ABS_VALUE, MAX_ABS_VALUE + 1, n).astype(dtype)
         y = run_smoke(xp, kind, xp.asarray(x_host), block)
-        np.testing.assert_array_equal(to_numpy(y), reference(kind, x_host, block), err_msg=f"n={n}")
+        np.testing.assert_array_equal(
+            host_array(y), reference(kind, x_host, block), err_msg=f"n={n}"
+        )
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -87,7 +72,7 @@ def test_smoke_scan_random_values(xp, rng, dtype):
     # below 10 * eps * (sum of |terms|), the bound used here.
     block, n = 1024, 3 * 1024 + 17
     x_host = rng.standard_normal(n).astype(dtype)
-    y = to_numpy(run_smoke(xp, "scan", xp.asarray(x_host), block))
+    y = host_array(run_smoke(xp, "scan", xp.asarray(x_host), block))
     bound = 10 * np.finfo(dtype).eps * reference("scan", np.abs(x_host), block)
     assert np.all(np.abs(y - reference("scan", x_host, block)) <= bound)
 
@@ -109,7 +94,7 @@ def test_smoke_beyond_int32_indices(xp):
     del x
     tail_start = (2**31 // block - 1) * block  # the last tile before 2^31, and all after it
     expected = reference("reverse", tile_pattern(np, tail_start, n), block)
-    np.testing.assert_array_equal(to_numpy(y[tail_start:]), expected)
+    np.testing.assert_array_equal(host_array(y[tail_start:]), expected)
 
 
 def tile_pattern(xp, start: int, stop: int):

@@ -22,6 +22,7 @@ import pytest
 
 import cupytv
 from cupytv import reference, tv1d
+from cupytv._validation import host_array
 from cupytv.testing import signals_1d, tv1d_lam_max
 
 METHODS = ("condat", "taut_string", "pn")  # condat first: the others are compared with it
@@ -31,24 +32,6 @@ F64_FACTOR = 8
 F32_ULPS = 4
 # Fiber counts around one and two blocks (partial, full, one over) and a single fiber.
 FIBER_COUNTS = (1, BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK + 1)
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("numpy", id="host"),
-        pytest.param("cupy", id="cupy", marks=pytest.mark.gpu),
-    ]
-)
-def xp(request):
-    if request.param == "numpy":
-        return np
-    import cupy
-
-    return cupy
-
-
-def to_numpy(a) -> np.ndarray:
-    return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
 def tolerance(x: np.ndarray, dtype) -> float:
@@ -99,7 +82,7 @@ def test_adversarial_signals_match_reference(xp, rng, method, dtype):
     for n in (1, 2, 3, 4, 17, 64, 65, 66, 300):
         x = signal_batch(n, rng)
         for lam in (1e-9, 0.05, 1.0, 30.0):
-            y = to_numpy(cupytv.prox_tv1d(xp.asarray(x.astype(dtype)), lam, method=method))
+            y = host_array(cupytv.prox_tv1d(xp.asarray(x.astype(dtype)), lam, method=method))
             assert y.dtype == dtype
             np.testing.assert_allclose(
                 y, expected(x, lam, dtype=dtype), rtol=0, atol=tolerance(x, dtype), err_msg=f"{n=}"
@@ -116,7 +99,7 @@ def test_tile_and_block_boundary_sweep(xp, rng, method, dtype):
         for fibers in FIBER_COUNTS:
             x = rng.standard_normal((fibers, n)).astype(dtype)
             lam = rng.uniform(0.0, 1.5, fibers).astype(dtype)
-            y = to_numpy(cupytv.prox_tv1d(xp.asarray(x), xp.asarray(lam[:, None]), method=method))
+            y = host_array(cupytv.prox_tv1d(xp.asarray(x), xp.asarray(lam[:, None]), method=method))
             assert_kkt(x, y, lam, tolerance(x, dtype))
 
 
@@ -126,7 +109,9 @@ def test_projected_newton_and_direct_solvers_agree(xp, rng, dtype):
     # direct solvers, on many random fibers in one launch each, with per-fiber lam.
     x = rng.standard_normal((300, 150)).astype(dtype)
     lam = (10.0 ** rng.uniform(-2, 1, (300, 1))).astype(dtype)
-    ys = {m: to_numpy(cupytv.prox_tv1d(xp.asarray(x), xp.asarray(lam), method=m)) for m in METHODS}
+    ys = {
+        m: host_array(cupytv.prox_tv1d(xp.asarray(x), xp.asarray(lam), method=m)) for m in METHODS
+    }
     for m in METHODS[1:]:
         np.testing.assert_allclose(ys[m], ys[METHODS[0]], rtol=0, atol=2 * tolerance(x, dtype))
 
@@ -136,7 +121,7 @@ def test_lam_zero_is_the_exact_identity(xp, rng, method):
     for dtype in DTYPES:
         x = (rng.standard_normal((5, 33)) * 10.0 ** rng.integers(-30, 30, (5, 33))).astype(dtype)
         x[0, 3] = -0.0
-        y = to_numpy(cupytv.prox_tv1d(xp.asarray(x), 0.0, method=method))
+        y = host_array(cupytv.prox_tv1d(xp.asarray(x), 0.0, method=method))
         np.testing.assert_array_equal(y, x)
         assert np.signbit(y[0, 3])
 
@@ -147,7 +132,7 @@ def test_huge_lam_gives_the_mean(xp, rng, method, dtype):
     for n in (2, 7, 200):
         x = signal_batch(n, rng)
         lam = 2.0 * max(tv1d_lam_max(row) for row in x) + 1.0
-        y = to_numpy(cupytv.prox_tv1d(xp.asarray(x.astype(dtype)), lam, method=method))
+        y = host_array(cupytv.prox_tv1d(xp.asarray(x.astype(dtype)), lam, method=method))
         # One constant segment per fiber, equal to the mean of the (rounded) input.
         assert np.all(y == y[:, :1])
         mean = x.astype(dtype).astype(np.float64).mean(axis=1, keepdims=True)
@@ -163,7 +148,7 @@ def test_every_axis_with_per_fiber_lam(xp, rng, method, shape):
         # A scalar, one weight per fiber, and one per trailing index (broadcast over dim 0).
         for lam in (0.3, rng.uniform(0.0, 2.0, reduced), rng.uniform(0.0, 2.0, reduced[1:])):
             lam_dev = xp.asarray(lam) if np.ndim(lam) else lam
-            y = to_numpy(cupytv.prox_tv1d(xp.asarray(x), lam_dev, axis=axis, method=method))
+            y = host_array(cupytv.prox_tv1d(xp.asarray(x), lam_dev, axis=axis, method=method))
             np.testing.assert_allclose(
                 y,
                 reference.prox_tv1d(x, lam, axis=axis),
@@ -176,19 +161,19 @@ def test_every_axis_with_per_fiber_lam(xp, rng, method, shape):
 def test_non_contiguous_input_and_float16(xp, rng):
     x = rng.standard_normal((40, 30))
     view = xp.asarray(x)[::2, ::-1]
-    y = to_numpy(cupytv.prox_tv1d(view, 0.5, axis=0))
+    y = host_array(cupytv.prox_tv1d(view, 0.5, axis=0))
     np.testing.assert_allclose(y, reference.prox_tv1d(x[::2, ::-1], 0.5, axis=0), atol=1e-13)
     half = cupytv.prox_tv1d(xp.asarray(x.astype(np.float16)), 0.5)
     assert half.dtype == np.float16
     exact = expected(x.astype(np.float16), 0.5, dtype=np.float32)
     # float16 is computed in float32 and rounded once to float16: half an ulp of max|x|.
-    np.testing.assert_allclose(to_numpy(half), exact, atol=np.finfo(np.float16).eps * 4)
+    np.testing.assert_allclose(host_array(half), exact, atol=np.finfo(np.float16).eps * 4)
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_constant_segments_are_bit_identical(xp, rng, method):
     x = np.concatenate([rng.standard_normal((20, 500)), signal_batch(500, rng)])
-    y = to_numpy(cupytv.prox_tv1d(xp.asarray(x), 0.7, method=method))
+    y = host_array(cupytv.prox_tv1d(xp.asarray(x), 0.7, method=method))
     ref = reference.prox_tv1d(x, 0.7)
     tol = tolerance(x, np.float64)
     # Same segments as the reference (whose pieces are exact repeats), and no near-ties: every
@@ -204,7 +189,7 @@ def test_long_ramp_falls_back_and_stays_exact(xp, method):
     # again by the taut string. Small enough for the default run.
     n = 3000
     x = 10.0 * np.arange(n) / n
-    y = to_numpy(cupytv.prox_tv1d(xp.asarray(x), 20.0, method=method))
+    y = host_array(cupytv.prox_tv1d(xp.asarray(x), 20.0, method=method))
     np.testing.assert_allclose(
         y, reference.prox_tv1d(x, 20.0), rtol=0, atol=tolerance(x, np.float64)
     )
@@ -216,7 +201,7 @@ def test_random_walks_with_large_lam(xp, rng, method):
     # some fibers exceed the guard's budget and fall back, others do not.
     x = np.cumsum(rng.standard_normal((12, 1000)), axis=1)
     lam = np.array([1.0, 10.0, 100.0, 1000.0] * 3)[:, None]
-    y = to_numpy(cupytv.prox_tv1d(xp.asarray(x), xp.asarray(lam), method=method))
+    y = host_array(cupytv.prox_tv1d(xp.asarray(x), xp.asarray(lam), method=method))
     np.testing.assert_allclose(
         y, reference.prox_tv1d(x, lam), rtol=0, atol=tolerance(x, np.float64)
     )
@@ -228,7 +213,7 @@ def test_worst_case_ramp_is_exact(xp):
     # core) is measured by benchmarks/bench_tv1d.py; tests assert correctness only.
     n = 200_000
     x = 10.0 * np.arange(n) / n
-    y = to_numpy(cupytv.prox_tv1d(xp.asarray(x), 1000.0))
+    y = host_array(cupytv.prox_tv1d(xp.asarray(x), 1000.0))
     np.testing.assert_allclose(
         y, reference.prox_tv1d(x, 1000.0), rtol=0, atol=tolerance(x, np.float64)
     )
@@ -238,7 +223,7 @@ def test_float32_long_fibers_stay_accurate(xp, rng):
     # 1e5 samples of mean 100 in one segment: a float32 running sum would lose ~1e-3 relative;
     # the kernels accumulate in float64 and round once.
     x = (100.0 + rng.standard_normal((2, 100_000))).astype(np.float32)
-    y = to_numpy(cupytv.prox_tv1d(xp.asarray(x), 1e6))
+    y = host_array(cupytv.prox_tv1d(xp.asarray(x), 1e6))
     mean = x.astype(np.float64).mean(axis=1, keepdims=True)
     np.testing.assert_allclose(y, np.broadcast_to(mean, y.shape), rtol=np.finfo(np.float32).eps)
 
@@ -247,17 +232,17 @@ def test_float32_long_fibers_stay_accurate(xp, rng):
 def test_nan_and_inf_stay_in_their_fiber(xp, rng, method):
     for dtype in DTYPES:
         x = rng.standard_normal((2 * BLOCK + 3, 70)).astype(dtype)
-        clean = to_numpy(cupytv.prox_tv1d(xp.asarray(x), 0.4, method=method))
+        clean = host_array(cupytv.prox_tv1d(xp.asarray(x), 0.4, method=method))
         bad_rows = {5: np.nan, BLOCK: np.inf, 2 * BLOCK + 2: -np.inf}
         for row, value in bad_rows.items():
             x[row, row % 70] = value
-        y = to_numpy(cupytv.prox_tv1d(xp.asarray(x), 0.4, method=method))
+        y = host_array(cupytv.prox_tv1d(xp.asarray(x), 0.4, method=method))
         good = np.setdiff1d(np.arange(x.shape[0]), list(bad_rows))
         assert np.all(np.isnan(y[list(bad_rows)]))
         np.testing.assert_array_equal(y[good], clean[good])
         # Strided fibers too: the same data with the TV axis first.
         xt = xp.asarray(np.ascontiguousarray(x.T))
-        yt = to_numpy(cupytv.prox_tv1d(xt, 0.4, axis=0, method=method))
+        yt = host_array(cupytv.prox_tv1d(xt, 0.4, axis=0, method=method))
         assert np.all(np.isnan(yt[:, list(bad_rows)]))
         np.testing.assert_array_equal(yt[:, good].T, y[good])
 
@@ -266,10 +251,10 @@ def test_out_argument(xp, rng):
     x = xp.asarray(rng.standard_normal((6, 50)))
     out = xp.empty_like(x)
     assert cupytv.prox_tv1d(x, 0.2, out=out) is out
-    expect = to_numpy(cupytv.prox_tv1d(x, 0.2))
-    np.testing.assert_array_equal(to_numpy(out), expect)
+    expect = host_array(cupytv.prox_tv1d(x, 0.2))
+    np.testing.assert_array_equal(host_array(out), expect)
     assert cupytv.prox_tv1d(x, 0.2, out=x) is x  # in place
-    np.testing.assert_array_equal(to_numpy(x), expect)
+    np.testing.assert_array_equal(host_array(x), expect)
 
 
 def test_empty_inputs(xp):
@@ -304,8 +289,8 @@ def test_vjp_matches_reference(xp, rng, method, dtype):
         tol = 4 * np.finfo(dtype).eps * float(np.abs(g).max()) * (n if dtype == np.float64 else 1)
         assert gx.dtype == dtype
         assert gl.shape == lam.shape
-        np.testing.assert_allclose(to_numpy(gx), rgx, rtol=0, atol=tol, err_msg=f"{n=}")
-        np.testing.assert_allclose(to_numpy(gl), rgl, rtol=0, atol=4 * n * tol, err_msg=f"{n=}")
+        np.testing.assert_allclose(host_array(gx), rgx, rtol=0, atol=tol, err_msg=f"{n=}")
+        np.testing.assert_allclose(host_array(gl), rgl, rtol=0, atol=4 * n * tol, err_msg=f"{n=}")
 
 
 def test_vjp_matches_central_differences(xp, rng):
@@ -318,17 +303,17 @@ def test_vjp_matches_central_differences(xp, rng):
     v = rng.standard_normal(x.shape)
 
     def f(x_, lam_):
-        return float(np.sum(g * to_numpy(cupytv.prox_tv1d(xp.asarray(x_), xp.asarray(lam_)))))
+        return float(np.sum(g * host_array(cupytv.prox_tv1d(xp.asarray(x_), xp.asarray(lam_)))))
 
     y = cupytv.prox_tv1d(xp.asarray(x), xp.asarray(lam))
     gx, gl = cupytv.prox_tv1d_vjp(xp.asarray(g), y, xp.asarray(lam))
     fd_x = (f(x + h * v, lam) - f(x - h * v, lam)) / (2 * h)
-    np.testing.assert_allclose(float(np.sum(to_numpy(gx) * v)), fd_x, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(float(np.sum(host_array(gx) * v)), fd_x, rtol=1e-6, atol=1e-8)
     for row in range(3):
         e = np.zeros_like(lam)
         e[row] = h
         fd_lam = (f(x, lam + e) - f(x, lam - e)) / (2 * h)
-        np.testing.assert_allclose(to_numpy(gl)[row, 0], fd_lam, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(host_array(gl)[row, 0], fd_lam, rtol=1e-6, atol=1e-8)
 
 
 def test_vjp_every_axis_and_scalar_lam(xp, rng):
@@ -340,8 +325,8 @@ def test_vjp_every_axis_and_scalar_lam(xp, rng):
         rgx, rgl = reference.prox_tv1d_vjp(x, 0.4, g, axis=axis)
         assert gl.shape == ()
         assert type(gl) is type(gx)  # a 0-d array, not a NumPy scalar
-        np.testing.assert_allclose(to_numpy(gx), rgx, atol=1e-13)
-        np.testing.assert_allclose(to_numpy(gl), rgl, atol=1e-12)
+        np.testing.assert_allclose(host_array(gx), rgx, atol=1e-13)
+        np.testing.assert_allclose(host_array(gl), rgl, atol=1e-12)
 
 
 def test_vjp_nan_fiber_gives_nan_gradients(xp, rng):
@@ -349,7 +334,7 @@ def test_vjp_nan_fiber_gives_nan_gradients(xp, rng):
     x[2, 3] = np.nan
     y = cupytv.prox_tv1d(xp.asarray(x), 0.3)
     gx, gl = cupytv.prox_tv1d_vjp(xp.ones_like(y), y, xp.full((4, 1), 0.3))
-    gx, gl = to_numpy(gx), to_numpy(gl)
+    gx, gl = host_array(gx), host_array(gl)
     assert np.all(np.isnan(gx[2]))
     assert np.isnan(gl[2, 0])
     assert np.all(np.isfinite(np.delete(gx, 2, axis=0)))
