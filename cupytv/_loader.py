@@ -27,6 +27,7 @@ import numpy as np
 
 from cupytv._host import HostModule
 from cupytv._host.build import sanitize_enabled
+from cupytv._validation import is_cupy_array
 
 # Options every NVRTC compilation of a cuda_src/ file gets (CuPy adds -arch and -ftz=true itself);
 # tests/test_nvrtc.py compiles every instantiation with exactly these.
@@ -112,11 +113,6 @@ def _host_module(stem: str, sanitize: bool) -> HostModule:
     return HostModule(source(stem), instantiations(stem), sanitize=sanitize)
 
 
-def _is_cupy_array(obj) -> bool:
-    # Checked by type name so that NumPy-only users never import CuPy.
-    return type(obj).__module__.split(".")[0] == "cupy" and hasattr(obj, "device")
-
-
 def get_kernel(stem: str, name_expression: str, like):
     """The kernel ``name_expression`` of ``cuda_src/<stem>.cu`` for arrays like ``like``.
 
@@ -130,7 +126,7 @@ def get_kernel(stem: str, name_expression: str, like):
         )
     if isinstance(like, np.ndarray):
         return _host_module(stem, sanitize_enabled()).get_function(name_expression)
-    if _is_cupy_array(like):
+    if is_cupy_array(like):
         with like.device:
             return _cupy_module(stem, like.device.id).get_function(name_expression)
     raise TypeError(
@@ -145,10 +141,10 @@ def launch(stem, name_expression, grid, block, args, shared_mem: int = 0) -> Non
     (launched on that device, on the current stream). Scalars must be NumPy scalars of exactly the
     kernel parameter's type.
     """
-    arrays = [a for a in args if isinstance(a, np.ndarray) or _is_cupy_array(a)]
+    arrays = [a for a in args if isinstance(a, np.ndarray) or is_cupy_array(a)]
     if not arrays:
         raise TypeError(f"{name_expression}: no array argument tells where to run")
-    on_gpu = [_is_cupy_array(a) for a in arrays]
+    on_gpu = [is_cupy_array(a) for a in arrays]
     if any(on_gpu) and not all(on_gpu):
         raise TypeError(
             f"{name_expression}: arguments mix NumPy and CuPy arrays; pass all of one kind"

@@ -14,6 +14,11 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
+def is_cupy_array(obj) -> bool:
+    """Whether ``obj`` is a CuPy array (by type name: NumPy-only users never import CuPy)."""
+    return type(obj).__module__.partition(".")[0] == "cupy" and hasattr(obj, "device")
+
+
 def host_array(a) -> np.ndarray:
     """``a`` as a NumPy array: CuPy arrays and torch tensors are copied to the host.
 
@@ -22,7 +27,7 @@ def host_array(a) -> np.ndarray:
     """
     if isinstance(a, np.ndarray):
         return a
-    if hasattr(a, "__cuda_array_interface__") and hasattr(a, "get"):  # CuPy
+    if is_cupy_array(a):
         return a.get()
     if type(a).__module__.partition(".")[0] == "torch":
         a = a.detach().cpu()
@@ -145,6 +150,6 @@ def check_same_array_kind(a, b, name_a: str, name_b: str) -> None:
 def _array_kind(a) -> str:
     if isinstance(a, np.ndarray):
         return "numpy.ndarray"
-    if type(a).__module__.partition(".")[0] == "cupy" and hasattr(a, "device"):
+    if is_cupy_array(a):
         return "cupy.ndarray"
     return f"{type(a).__module__}.{type(a).__name__}"

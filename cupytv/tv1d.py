@@ -13,6 +13,7 @@ from cupytv import _loader
 from cupytv._validation import (
     check_float_dtype,
     check_same_array_kind,
+    is_cupy_array,
     lam_to_array,
     normalize_axis,
     unbroadcast,
@@ -240,7 +241,7 @@ def _array_module(a, name: str):
     """numpy for NumPy arrays, cupy for CuPy arrays; anything else is a TypeError."""
     if isinstance(a, np.ndarray):
         return np
-    if _loader._is_cupy_array(a):
+    if is_cupy_array(a):
         import cupy
 
         return cupy
