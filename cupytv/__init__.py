@@ -1,12 +1,24 @@
 """cupytv: fast, differentiable total-variation proximal operators as deep-net layers.
 
 ``cupytv.prox_tv1d`` / ``cupytv.prox_tv1d_vjp``: the 1D TV prox and its gradient on NumPy arrays
-(CPU, through the host executor) or CuPy arrays (GPU). ``cupytv.reference`` holds the exact CPU
-solvers every kernel is validated against.
+(CPU, through the host executor) or CuPy arrays (GPU); ``cupytv.prox_tv2d`` /
+``cupytv.prox_tv2d_vjp`` the same for 2D slices (proximal Dykstra); ``cupytv.prox_tv`` /
+``cupytv.prox_tv_vjp`` for any number of axes. ``cupytv.reference`` holds the exact CPU solvers
+every kernel is validated against.
 """
 
 from cupytv.tv1d import prox_tv1d, prox_tv1d_vjp
+from cupytv.tv2d import ProxInfo, prox_tv2d, prox_tv2d_vjp
+from cupytv.tvnd import prox_tv, prox_tv_vjp
 
-__all__ = ["prox_tv1d", "prox_tv1d_vjp"]
+__all__ = [
+    "ProxInfo",
+    "prox_tv",
+    "prox_tv1d",
+    "prox_tv1d_vjp",
+    "prox_tv2d",
+    "prox_tv2d_vjp",
+    "prox_tv_vjp",
+]
 
 __version__ = "0.1.0"

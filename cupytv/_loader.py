@@ -32,6 +32,8 @@ from cupytv._validation import is_cupy_array
 # Options every NVRTC compilation of a cuda_src/ file gets (CuPy adds -arch and -ftz=true itself);
 # tests/test_nvrtc.py compiles every instantiation with exactly these.
 NVRTC_OPTIONS: tuple[str, ...] = ("--std=c++17",)
+# CUDA grants a kernel this much dynamic shared memory by default; more needs a per-kernel opt-in.
+DEFAULT_DYNAMIC_SHARED_BYTES = 48 * 1024
 
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.MULTILINE)
 _PRAGMA_ONCE = re.compile(r"^[ \t]*#[ \t]*pragma[ \t]+once[ \t]*$", re.MULTILINE)
@@ -160,4 +162,9 @@ def launch(stem, name_expression, grid, block, args, shared_mem: int = 0) -> Non
             "all must be on one device"
         )
     with device:
+        if shared_mem > DEFAULT_DYNAMIC_SHARED_BYTES and (
+            kernel.max_dynamic_shared_size_bytes < shared_mem
+        ):
+            # Opt in per kernel and device (CuPy caches RawKernel objects, so once each).
+            kernel.max_dynamic_shared_size_bytes = shared_mem
         kernel(grid, block, args, shared_mem=shared_mem)

@@ -334,7 +334,7 @@ def test_read_only_output_is_refused(reverse):
         ((1,), (1, 1, 65), 0, r"block\[2\] must be in \[1, 64\]"),
         ((0,), (8,), 0, r"grid\[0\] must be in"),
         ((1, 65536), (8,), 0, r"grid\[1\] must be in"),
-        ((1,), (8,), 48 * 1024 + 1, "shared_mem must be in"),
+        ((1,), (8,), 64 * 1024 + 1, "shared_mem must be in"),
         ((1, 2, 3, 4), (8,), 0, "tuple of 1 to 3 ints"),
     ],
 )

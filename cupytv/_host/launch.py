@@ -22,8 +22,10 @@ from cupytv._host.build import compile_library, sanitize_enabled
 MAX_THREADS_PER_BLOCK = 1024
 MAX_BLOCK_DIM = (1024, 1024, 64)
 MAX_GRID_DIM = (2**31 - 1, 65535, 65535)
-# The dynamic shared memory a kernel may request without opting in to more (CUDA's default).
-MAX_DYNAMIC_SHARED_BYTES = 48 * 1024
+# The dynamic shared memory a kernel may request: what every supported GPU grants after opting in
+# (cupytv._loader opts in above CUDA's 48 KB default; Turing's 64 KB is the smallest opt-in limit
+# among compute capabilities >= 7.0), so a launch the GPUs would refuse fails on the CPU too.
+MAX_DYNAMIC_SHARED_BYTES = 64 * 1024
 
 
 class _LaunchConfig(ctypes.Structure):
@@ -79,37 +81,43 @@ class HostKernel:
         args = tuple(args)
         if len(args) != len(self._params):
             raise TypeError(f"{self.name} takes {len(self._params)} arguments, got {len(args)}")
-        # argv[i] points at the i-th argument's value (CUDA's kernelParams convention); `keep`
-        # holds the storage those addresses point into until the launch returns.
-        keep = []
+        # argv[i] points at the i-th argument's value (CUDA's kernelParams convention): one
+        # 8-byte slot each (every parameter type fits; x86-64 and AArch64 are little-endian, so
+        # a narrower value sits at its slot's start). One buffer keeps this path cheap (~1 us
+        # per argument): iterative solvers launch a few kernels per iteration.
+        slots = np.zeros(max(1, len(args)), dtype=np.uint64)
+        base = slots.ctypes.data
         argv = (ctypes.c_void_p * max(1, len(args)))()
         for i, (arg, (is_pointer, is_const, dtype)) in enumerate(
             zip(args, self._params, strict=True)
         ):
             if is_pointer:
                 self._check_array(i, arg, is_const, dtype)
-                value = np.array(arg.ctypes.data, dtype=np.uintp)
+                slots[i] = arg.__array_interface__["data"][0]
             else:
                 self._check_scalar(i, arg, dtype)
-                value = np.array(arg, dtype=dtype)
-            keep.append(value)
-            argv[i] = value.ctypes.data
+                slots[i : i + 1].view(np.uint8)[: dtype.itemsize].view(dtype)[0] = arg
+            argv[i] = base + 8 * i
         config = _LaunchConfig(grid3, block3, int(shared_mem))
         self._launcher(ctypes.byref(config), argv)
 
     def _check_array(self, i: int, arg, is_const: bool, dtype: np.dtype) -> None:
-        pointee = f"{'const ' if is_const else ''}{dtype.name}*"
+        # Built only for a message: dtype.name costs microseconds, and kernels launch per
+        # iteration of iterative solvers.
+        def pointee() -> str:
+            return f"{'const ' if is_const else ''}{dtype.name}*"
+
         if not isinstance(arg, np.ndarray):
             raise TypeError(
-                f"{self.name}: argument {i} ({pointee}) must be a numpy.ndarray on the host "
+                f"{self.name}: argument {i} ({pointee()}) must be a numpy.ndarray on the host "
                 f"executor, got {type(arg).__module__}.{type(arg).__name__}"
             )
         if arg.dtype != dtype:
             raise TypeError(
-                f"{self.name}: argument {i} ({pointee}) needs dtype {dtype}, got {arg.dtype}"
+                f"{self.name}: argument {i} ({pointee()}) needs dtype {dtype}, got {arg.dtype}"
             )
         if not is_const and not arg.flags.writeable:
-            raise ValueError(f"{self.name}: argument {i} ({pointee}) is written but read-only")
+            raise ValueError(f"{self.name}: argument {i} ({pointee()}) is written but read-only")
 
     def _check_scalar(self, i: int, arg, dtype: np.dtype) -> None:
         if not isinstance(arg, np.generic) or arg.dtype != dtype:

@@ -1,0 +1,468 @@
+r"""Anisotropic 2D total-variation proximal operator (proximal Dykstra) and its exact gradient.
+
+Kernels live in ``cuda_src/tv2d.cu`` (its header documents the algorithm, the stopping rule, the
+backward and the launch contract this module implements). NumPy arrays run on the CPU through the
+host executor, CuPy arrays on their own device and current stream.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from cupytv import _loader
+from cupytv._validation import (
+    check_float_dtype,
+    check_same_array_kind,
+    lam_to_array,
+    normalize_axes,
+    split_lam_pair,
+    unbroadcast,
+)
+from cupytv.tv1d import GUARD_MIN_N, _array_module, _check_out, _compute_dtype
+
+STEM = "tv2d"
+#: 2D methods: name -> momentum flag of the kernels (cuda_src/tv2d.cu). "auto" picks "accelerated".
+METHODS = {"dykstra": 0, "accelerated": 1}
+DEFAULT_METHOD = "accelerated"
+#: Defaults of the stopping rule. tol bounds the relative duality gap gap(y) / F(y), which bounds
+#: the relative objective gap (F(y) - F*) / F* by tol / (1 - tol): 1e-3 is the accuracy the issue
+#: asks of the defaults, certified per slice. Typical images need 10-25 iterations for it
+#: (benchmarks/NOTES.md); max_iter only guards against slow cases, whose info says so.
+DEFAULT_MAX_ITER = 200
+DEFAULT_TOL = 1e-3
+# Launch contract of cuda_src/tv2d.cu: threads per block of the multi-launch kernels, the warp
+# (fused blocks are rounded up to it), and the fused path's limits: fibers short enough for
+# Condat without workspace, and the dynamic shared memory every supported GPU grants (64 KB,
+# Turing's opt-in limit; 48 KB would leave 64 x 64 float32 slices out by 2 KB of row padding).
+BLOCK = 128
+WARP = 32
+FUSED_MAX_N = GUARD_MIN_N
+FUSED_MAX_SHARED_BYTES = 64 * 1024
+# On GPUs the host checks whether any slice is still iterating every this many iterations (one
+# 4-byte device-to-host copy, which waits for the queued work); the device skips finished slices
+# in between. The host executor is synchronous, so it checks every iteration.
+GPU_POLL_EVERY = 8
+_CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+_DOUBLE_BYTES = 8
+_SAMPLES_PER_WORD = 16  # 2-bit jump codes per 32-bit word of the backward's record
+_NONFINITE = 2  # TV2D_NONFINITE
+
+
+@dataclass(frozen=True)
+class ProxInfo:
+    """What :func:`prox_tv2d` did for each slice (arrays of x's kind, shaped like the batch).
+
+    Attributes:
+        n_iter: int32, the Dykstra iterations run (pass it to :func:`prox_tv2d_vjp`).
+        gap: float64, the relative duality gap gap(y) / F(y) of the returned slice, an upper
+            bound on its relative objective gap (F(y) - F*) / F*; NaN for non-finite input.
+        converged: bool, ``gap <= tol``.
+    """
+
+    n_iter: object
+    gap: object
+    converged: object
+
+
+def prox_tv2d(
+    x,
+    lam,
+    axes=(-2, -1),
+    *,
+    max_iter: int = DEFAULT_MAX_ITER,
+    tol: float = DEFAULT_TOL,
+    method: str = "auto",
+    out=None,
+    return_info: bool = False,
+):
+    r"""Anisotropic TV proximal operator of every 2D slice of ``x`` over ``axes``.
+
+    For each slice :math:`X` (``axes[0]`` indexes rows :math:`i`, ``axes[1]`` columns :math:`j`)
+    it approximates
+
+    .. math::
+        Y^* = \arg\min_Y F(Y) = \tfrac12\lVert Y - X\rVert_F^2
+            + \lambda_0 \sum_{i,j} |Y_{i+1,j} - Y_{i,j}|
+            + \lambda_1 \sum_{i,j} |Y_{i,j+1} - Y_{i,j}|
+
+    by alternating the exact 1D solver along ``axes[1]`` and then ``axes[0]`` (every iteration
+    in one kernel launch for slices up to 64 x 64, and with the convergence test on the device for
+    larger ones). Each slice stops at the first iterate whose duality gap certifies
+    :math:`F(Y) - F(Y^*) \le` ``tol`` :math:`\cdot F(Y)`, or after ``max_iter`` iterations.
+
+    =================  ==========================================================================
+    method             algorithm (both alternate the same exact 1D solves; cuda_src/tv2d.cu)
+    =================  ==========================================================================
+    ``"auto"``         ``"accelerated"``.
+    ``"accelerated"``  Dykstra accelerated by FISTA momentum on its dual (Chambolle & Pock, SMAI
+                       JCM 2015): about half of Dykstra's iterations at tol 1e-3 and a sixth at
+                       1e-6 (benchmarks/NOTES.md), for one more array of state.
+    ``"dykstra"``      Proximal Dykstra, the seed's method.
+    =================  ==========================================================================
+
+    Accuracy of the defaults (``tol=1e-3``): a relative objective gap of at most 1e-3 for every
+    slice that converged (``info.converged``); natural and noisy piecewise-constant images need
+    about 10-15 accelerated iterations (15-25 with Dykstra). ``tol=1e-6`` takes about 50
+    accelerated iterations (hundreds with Dykstra); float32 cannot certify much below ~1e-6 (the
+    rounding of the gap's sums).
+
+    Args:
+        x: NumPy or CuPy array of float16, float32 or float64 with at least 2 dimensions. float16
+            is computed in float32. The slices may sit on any two axes; other axes are batch.
+        lam: :math:`\lambda \ge 0` for both axes (a scalar or an array broadcastable to x's shape
+            with both ``axes`` reduced to 1, one weight per slice), or a tuple/list pair
+            ``(lam0, lam1)`` of such weights: ``lam0`` along ``axes[0]``, ``lam1`` along
+            ``axes[1]``.
+        axes: the two distinct axes spanning each slice. Default: the last two.
+        max_iter: the most iterations per slice (>= 0). Default 200.
+        tol: the relative duality gap at which a slice stops (>= 0). Default 1e-3. 0 runs
+            exactly ``max_iter`` iterations (the seed's fixed-iteration mode).
+        method: ``"auto"`` (default), ``"accelerated"`` or ``"dykstra"``.
+        out: optional C-contiguous array of x's shape, dtype and kind for the result.
+        return_info: also return a :class:`ProxInfo`.
+
+    Returns:
+        ``y`` with x's shape and dtype, or ``(y, info)``. A slice holding NaN or ±Inf comes back
+        all NaN (with ``info.n_iter`` 0 and ``info.gap`` NaN); no other slice is affected.
+
+    Raises:
+        TypeError: x is not a NumPy/CuPy floating array, or arrays of different kinds are mixed.
+        ValueError: bad axes, lam, max_iter, tol, method or out.
+
+    Example:
+        >>> import numpy as np
+        >>> from cupytv import prox_tv2d
+        >>> prox_tv2d(np.array([[0.0, 4.0], [0.0, 4.0]]), 1.0, tol=1e-9)
+        array([[1., 3.],
+               [1., 3.]])
+    """
+    problem = _Problem(x, lam, axes, max_iter, tol, method)
+    if out is not None:
+        _check_out(out, x, problem.xp)
+    y = _forward(problem)
+    result = problem.restore(y)
+    if out is not None:
+        out[...] = result
+        result = out
+    if not return_info:
+        return result
+    xp = problem.xp
+    n_iter = problem.batch(problem.n_iter)
+    gap = problem.batch(problem.gap)
+    return result, ProxInfo(n_iter, gap, xp.asarray(gap <= tol))
+
+
+def prox_tv2d_vjp(
+    g,
+    x,
+    lam,
+    axes=(-2, -1),
+    *,
+    n_iter=None,
+    max_iter: int = DEFAULT_MAX_ITER,
+    tol: float = DEFAULT_TOL,
+    method: str = "auto",
+):
+    r"""Gradients of :math:`\langle g, \mathrm{prox\_tv2d}(x)\rangle` w.r.t. x and lam.
+
+    Exact for the map the forward computed: the composition of the ``n_iter`` iterations each
+    slice ran, each 1D prox piecewise affine (on a constant segment :math:`S` of its output,
+    :math:`y_S = \operatorname{mean}_S(v) + \lambda (s_{out} - s_{in}) / |S|`). The backward
+    re-runs the forward from ``x`` recording 4 bits per sample per iteration (the jump signs),
+    then runs the iterations' adjoints in reverse (derivation in ``cuda_src/tv2d.cu``). So a
+    framework keeps only ``x`` and ``info.n_iter`` between forward and backward; the backward's
+    workspace is three arrays of x's size (four, accelerated) plus the bits, and it costs about
+    1.5 forwards. Jumps of an intermediate 1D solution smaller than rounding (1e-9 relative in
+    float64, 1e-5 in float32) count as no jump: the map has kinks that close to the point, and
+    this choice is the one whose gradient converges to the exact prox's as the iterations do.
+
+    Args:
+        g: upstream gradient, x's shape, dtype and kind.
+        x: the forward's input (not its output).
+        lam, axes, max_iter, tol, method: as given to :func:`prox_tv2d`.
+        n_iter: the forward's ``info.n_iter`` (an int array of the batch shape, or an int for
+            every slice): the iterations to differentiate through. When None, the forward's
+            stopping rule is re-run first (deterministic, so the counts are the same; one more
+            forward's cost).
+
+    Returns:
+        ``(grad_x, grad_lam)``: grad_x has x's shape and dtype; grad_lam has lam's shape, or is a
+        pair for a pair lam, in x's dtype. Slices with non-finite x get NaN gradients.
+
+    Example:
+        >>> import numpy as np
+        >>> from cupytv import prox_tv2d_vjp
+        >>> x = np.array([[0.0, 4.0], [0.0, 4.0]])
+        >>> gx, gl = prox_tv2d_vjp(np.array([[1.0, 0.0], [0.0, 0.0]]), x, 1.0, tol=1e-9)
+        >>> gx, gl
+        (array([[0.5, 0. ],
+               [0.5, 0. ]]), array(1.))
+    """
+    problem = _Problem(x, lam, axes, max_iter, tol, method)
+    xp = problem.xp
+    check_same_array_kind(g, x, "g", "x")
+    check_float_dtype(g.dtype, "g")
+    if g.shape != x.shape or g.dtype != x.dtype:
+        raise ValueError(
+            f"g: expected x's shape and dtype {x.shape} {x.dtype}, got {g.shape} {g.dtype}"
+        )
+    if n_iter is None:
+        _forward(problem)
+        counts = problem.n_iter
+    else:
+        counts = problem.counts_from(n_iter)
+    grad_x, grad_slices = _backward(problem, problem.flat(g), counts)
+    grad_x = problem.restore(grad_x)
+    per_axis = []
+    for k in range(2):
+        lam_k = problem.lam_parts[k if problem.is_pair else 0]
+        full = problem.reduced(grad_slices[k])
+        per_axis.append(xp.asarray(unbroadcast(full, np.shape(lam_k))).astype(x.dtype))
+    grad_lam = tuple(per_axis) if problem.is_pair else xp.asarray(per_axis[0] + per_axis[1])
+    return grad_x, grad_lam
+
+
+class _Problem:
+    """A validated call: the (slices, h, w) view of x, the per-slice weights, the options."""
+
+    def __init__(self, x, lam, axes, max_iter, tol, method):
+        if method == "auto":
+            method = DEFAULT_METHOD
+        if not isinstance(method, str) or method not in METHODS:
+            raise ValueError(f"method: expected one of {['auto', *METHODS]}, got {method!r}")
+        self.momentum = METHODS[method]
+        self.xp = xp = _array_module(x, "x")
+        self.dtype = check_float_dtype(x.dtype)
+        self.x = x
+        self.axes = normalize_axes(axes, x.ndim)
+        lam0, lam1, self.is_pair = split_lam_pair(lam)
+        self.lam_parts = (lam0, lam1) if self.is_pair else (lam,)
+        names = ("lam[0]", "lam[1]") if self.is_pair else ("lam", "lam")
+        lam_b = [
+            lam_to_array(part, x.shape, self.axes, name)
+            for part, name in zip((lam0, lam1), names, strict=True)
+        ]
+        if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)):
+            raise TypeError(f"max_iter: expected an int, got {type(max_iter).__name__}")
+        if not 0 <= max_iter < 2**31 - 1:
+            raise ValueError(f"max_iter: expected an int in [0, 2**31 - 2], got {max_iter}")
+        if not (isinstance(tol, (int, float, np.floating, np.integer)) and math.isfinite(tol)):
+            raise ValueError(f"tol: expected a finite number >= 0, got {tol!r}")
+        if tol < 0:
+            raise ValueError(f"tol: expected a finite number >= 0, got {tol!r}")
+        self.max_iter, self.tol = int(max_iter), float(tol)
+        moved = xp.moveaxis(x, self.axes, (-2, -1))
+        self.moved_shape = moved.shape
+        self.batch_shape = moved.shape[:-2]
+        self.h, self.w = moved.shape[-2:]
+        self.slices = math.prod(self.batch_shape)
+        self.compute = _compute_dtype(self.dtype)
+        self.xc = xp.ascontiguousarray(moved, dtype=self.compute).reshape(
+            self.slices, self.h, self.w
+        )
+        # Per-slice weights in slice order: stride 0 (one pair) when every slice shares them.
+        per_slice = [np.moveaxis(b, self.axes, (-2, -1)).reshape(self.slices) for b in lam_b]
+        shared = all(v.size == 0 or np.all(v == v.flat[0]) for v in per_slice)
+        if shared:
+            per_slice = [v[:1] if v.size else np.zeros(1) for v in per_slice]
+        self.lam_stride = 0 if shared else 1
+        self.lam0, self.lam1 = (xp.asarray(v.astype(self.compute)) for v in per_slice)
+        self.n_iter = xp.zeros(self.slices, dtype=np.int32)
+        self.gap = xp.full(self.slices, np.nan)
+
+    def flat(self, a):
+        return self.xp.ascontiguousarray(
+            self.xp.moveaxis(a, self.axes, (-2, -1)), dtype=self.compute
+        ).reshape(self.slices, self.h, self.w)
+
+    def restore(self, y):
+        """(slices, h, w) back to x's layout and dtype."""
+        y = y.reshape(self.moved_shape)
+        return self.xp.moveaxis(y, (-2, -1), self.axes).astype(self.dtype, copy=False)
+
+    def batch(self, per_slice):
+        return per_slice.reshape(self.batch_shape)
+
+    def reduced(self, per_slice):
+        """Per-slice values as x's shape with both TV axes reduced to 1."""
+        return self.xp.moveaxis(per_slice.reshape((*self.batch_shape, 1, 1)), (-2, -1), self.axes)
+
+    def counts_from(self, n_iter):
+        xp = self.xp
+        counts = xp.asarray(n_iter)
+        if counts.dtype.kind not in "iu":
+            raise TypeError(f"n_iter: expected integers (info.n_iter), got dtype {counts.dtype}")
+        try:
+            counts = xp.broadcast_to(counts, self.batch_shape)
+        except ValueError:
+            raise ValueError(
+                f"n_iter: expected an int or an array of the batch shape {self.batch_shape} "
+                f"(info.n_iter), got shape {counts.shape}"
+            ) from None
+        if counts.size and int(counts.min()) < 0:
+            raise ValueError(f"n_iter: expected counts >= 0, got {int(counts.min())}")
+        return xp.ascontiguousarray(counts, dtype=np.int32).reshape(self.slices)
+
+    def fused(self) -> tuple[int, int] | None:
+        """(threads, shared bytes) of the fused kernel, or None when the slice needs the
+        multi-launch path."""
+        if self.h > FUSED_MAX_N or self.w > FUSED_MAX_N:
+            return None
+        threads = -(-max(self.h, self.w) // WARP) * WARP
+        arrays = 3 + self.momentum
+        shared = (
+            2 * threads * _DOUBLE_BYTES + arrays * self.h * (self.w | 1) * self.compute.itemsize
+        )
+        return (threads, shared) if shared <= FUSED_MAX_SHARED_BYTES else None
+
+    def lam_args(self):
+        return (self.lam0, self.lam1, np.int64(self.lam_stride))
+
+    def dims(self):
+        return (np.int64(self.slices), np.int64(self.h), np.int64(self.w))
+
+    def ctype(self) -> str:
+        return _CTYPES[self.compute]
+
+
+def _forward(pb: _Problem, path: str | None = None):
+    """Run the forward; fills pb.n_iter and pb.gap, returns z as (slices, h, w).
+
+    ``path``: None picks by size (the contract in cuda_src/tv2d.cu); "fused" or "multi" forces
+    one (tests compare the two).
+    """
+    xp = pb.xp
+    z = xp.empty_like(pb.xc)
+    if pb.xc.size == 0:
+        return z
+    fused = _fused_config(pb, path)
+    ct, dims = pb.ctype(), pb.dims()
+    if fused is not None:
+        threads, shared = fused
+        args = (pb.xc, z, *pb.lam_args(), *dims, np.int32(pb.momentum), np.int32(pb.max_iter),
+                np.float64(pb.tol), pb.n_iter, pb.gap)  # fmt: skip
+        _loader.launch(STEM, f"tv2d_solve<{ct}>", (pb.slices,), (threads,), args, shared)
+        return z
+    z[...] = pb.xc
+    ub, u, wbuf = _state(pb)
+    state = xp.zeros(pb.slices, dtype=np.int32)
+    row_gap = xp.empty(pb.slices * pb.h)
+    row_obj = xp.empty(pb.slices * pb.h)
+    active = xp.zeros(pb.max_iter + 1, dtype=np.int32)
+    scratch = _scratch(pb)
+    no_bits = xp.zeros(1, dtype=np.uint32)  # the forward records nothing (replay == 0)
+    rows = _grid(pb.slices * pb.h)
+    _multi(f"tv2d_check_finite<{ct}>", rows, (pb.xc, *dims, state))
+    poll = 1 if xp is np else GPU_POLL_EVERY
+    for t in range(pb.max_iter + 1):
+        _multi(f"tv2d_rows_gap<{ct}>", rows,
+               (pb.xc, z, *pb.lam_args(), *dims, state, row_gap, row_obj))  # fmt: skip
+        _multi("tv2d_decide", _grid(pb.slices),
+               (row_gap, row_obj, dims[0], dims[1], np.int32(t), np.int32(pb.max_iter),
+                np.float64(pb.tol), state, pb.n_iter, pb.gap, active))  # fmt: skip
+        if t == pb.max_iter:
+            break
+        _iteration(pb, t, (pb.xc, ub, u, wbuf, z), state, 0, no_bits, scratch)
+        if (t + 1) % poll == 0 and int(active[t]) == 0:
+            break
+    _multi(f"tv2d_fill_nan<{ct}>", rows, (z, *dims, state))
+    return z
+
+
+def _backward(pb: _Problem, gc, counts, path: str | None = None):
+    """grad_x as (slices, h, w) and the per-slice lam gradients as a (2, slices) float64 array:
+    row 0 for lam0 (axes[0]), row 1 for lam1."""
+    xp = pb.xp
+    grad_x = xp.empty_like(pb.xc)
+    grad_lam = xp.zeros((2, pb.slices))
+    if pb.xc.size == 0:
+        return grad_x, grad_lam
+    n_max = int(counts.max())
+    words = pb.h * -(-pb.w // _SAMPLES_PER_WORD) + pb.w * -(-pb.h // _SAMPLES_PER_WORD)
+    bits = xp.zeros(max(1, n_max * pb.slices * words), dtype=np.uint32)
+    fused = _fused_config(pb, path)
+    ct, dims = pb.ctype(), pb.dims()
+    if fused is not None:
+        threads, shared = fused
+        args = (pb.xc, gc, *pb.lam_args(), *dims, np.int32(pb.momentum), counts, bits, grad_x,
+                grad_lam)  # fmt: skip
+        _loader.launch(STEM, f"tv2d_solve_vjp<{ct}>", (pb.slices,), (threads,), args, shared)
+        return grad_x, grad_lam
+    ub, u, wbuf = _state(pb)
+    z = xp.empty_like(pb.xc)
+    state = xp.zeros(pb.slices, dtype=np.int32)
+    scratch = _scratch(pb)
+    rows, cols = _grid(pb.slices * pb.h), _grid(pb.slices * pb.w)
+    _multi(f"tv2d_check_finite<{ct}>", rows, (pb.xc, *dims, state))
+    for t in range(n_max):
+        _iteration(pb, t, (pb.xc, ub, u, wbuf, z), counts, 1, bits, scratch)
+    # Adjoints (the forward's buffers reused): a of Ub, b of U, xb of X, tb the work array.
+    a, b, xb, tb = ub, u, z, wbuf
+    a[...] = 0
+    b[...] = 0
+    xb[...] = 0
+    row_glam = xp.zeros(pb.slices * pb.h)
+    col_glam = xp.zeros(pb.slices * pb.w)
+    for t in reversed(range(n_max)):
+        _multi(f"tv2d_cols_vjp<{ct}>", cols,
+               (gc, a, b, tb, *dims, np.int32(pb.momentum), counts, np.int32(t), bits,
+                col_glam))  # fmt: skip
+        _multi(f"tv2d_rows_vjp<{ct}>", rows,
+               (a, xb, tb, *dims, counts, np.int32(t), bits, row_glam))  # fmt: skip
+    _multi("tv2d_lam_grad", _grid(pb.slices), (row_glam, col_glam, *dims, grad_lam))
+    # A slice that ran no iteration returned x itself: its gradient is g.
+    grad_x[...] = xp.where((counts == 0)[:, None, None], gc, xb)
+    _multi(f"tv2d_fill_nan<{ct}>", rows, (grad_x, *dims, state))
+    grad_lam[:, (state & _NONFINITE) != 0] = np.nan
+    return grad_x, grad_lam
+
+
+def _iteration(pb: _Problem, t: int, arrays, control, replay: int, bits, scratch) -> None:
+    """One multi-launch iteration: the row half, then the column half."""
+    x, ub, u, wbuf, z = arrays
+    ct, dims = pb.ctype(), pb.dims()
+    stride = np.int64(pb.lam_stride)
+    _multi(f"tv2d_rows_prox<{ct}>", _grid(pb.slices * pb.h),
+           (x, ub, wbuf, z, pb.lam1, stride, *dims, control, np.int32(replay), np.int32(t), bits,
+            scratch))  # fmt: skip
+    _multi(f"tv2d_cols_prox<{ct}>", _grid(pb.slices * pb.w),
+           (ub, u, wbuf, z, pb.lam0, stride, *dims, np.int32(pb.momentum), control,
+            np.int32(replay), np.int32(t), bits, scratch))  # fmt: skip
+
+
+def _state(pb: _Problem):
+    """Ub, U and W of the multi-launch iteration (U is a placeholder without momentum)."""
+    xp = pb.xp
+    ub = xp.zeros_like(pb.xc)
+    u = xp.zeros_like(pb.xc) if pb.momentum else xp.zeros(1, dtype=pb.compute)
+    return ub, u, xp.empty_like(pb.xc)
+
+
+def _fused_config(pb: _Problem, path: str | None):
+    if path not in (None, "fused", "multi"):
+        raise ValueError(f"path: expected None, 'fused' or 'multi', got {path!r}")
+    fused = pb.fused() if path != "multi" else None
+    if path == "fused" and fused is None:
+        raise ValueError(f"a {pb.h} x {pb.w} {pb.compute} slice does not fit the fused kernel")
+    return fused
+
+
+def _multi(name: str, grid: tuple[int], args) -> None:
+    _loader.launch(STEM, name, grid, (BLOCK,), args)
+
+
+def _grid(threads: int) -> tuple[int]:
+    return (max(1, -(-threads // BLOCK)),)
+
+
+def _scratch(pb: _Problem):
+    """Condat's fallback workspace for fibers longer than GUARD_MIN_N (tv1d_solvers.cuh)."""
+    per = [
+        4 * (n + 1) * (_DOUBLE_BYTES // pb.compute.itemsize) if n > GUARD_MIN_N else 0
+        for n in (pb.w, pb.h)
+    ]
+    size = max(pb.slices * pb.h * per[0], pb.slices * pb.w * per[1])
+    return pb.xp.empty(max(1, size), dtype=pb.compute)

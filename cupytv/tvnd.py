@@ -1,0 +1,502 @@
+r"""Anisotropic total-variation proximal operator over any number of axes, and its VJP.
+
+One axis is the exact 1D prox (:func:`cupytv.prox_tv1d`), two axes are the 2D operator
+(:mod:`cupytv.tv2d`), and three or more axes run the parallel proximal Dykstra algorithm
+(Combettes & Pesquet 2011, "Proximal splitting methods in signal processing", the
+"parallel Dykstra-like" algorithm) around the exact 1D prox along each axis. The iteration is
+written with array operations of x's own module (NumPy or CuPy), so NumPy arrays run on the CPU
+through the host executor and CuPy arrays on the GPU, through the same code.
+
+The iteration works on a canonical layout: the TV axes moved last (in the order given) and the
+other axes flattened into one batch of B volumes, shape ``(B, n_0, ..., n_{m-1})``. Volumes stop
+independently (each on its own duality gap) and are then dropped from the working set, so a
+volume's result never depends on the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+
+from cupytv._validation import (
+    check_float_dtype,
+    check_same_array_kind,
+    host_array,
+    lam_to_array,
+    normalize_axis,
+    unbroadcast,
+)
+from cupytv.tv1d import _array_module, _check_out, _compute_dtype, prox_tv1d, prox_tv1d_vjp
+from cupytv.tv2d import DEFAULT_MAX_ITER, DEFAULT_TOL, ProxInfo, prox_tv2d, prox_tv2d_vjp
+
+_F64 = np.dtype(np.float64)
+
+
+def prox_tv(
+    x,
+    lam,
+    axes,
+    *,
+    max_iter: int = DEFAULT_MAX_ITER,
+    tol: float = DEFAULT_TOL,
+    out=None,
+    return_info: bool = False,
+):
+    r"""Anisotropic TV proximal operator of every volume of ``x`` spanned by ``axes``.
+
+    For each volume :math:`X` (x restricted to the TV axes :math:`a_0, \dots, a_{m-1}`, every
+    other index fixed; the other axes are a batch) it returns
+
+    .. math::
+        Y = \arg\min_Y F(Y), \qquad
+        F(Y) = \tfrac12 \lVert Y - X\rVert_2^2
+            + \sum_{i=0}^{m-1} \lambda_i \sum_{k} |Y_{k + e_i} - Y_k|,
+
+    where :math:`e_i` is the unit step along axis :math:`a_i` and the inner sum runs over every
+    pair of neighbours along that axis.
+
+    * One axis: the exact 1D prox, :func:`cupytv.prox_tv1d` (no iterations).
+    * Two axes: :func:`cupytv.tv2d.prox_tv2d` (its Dykstra iteration and stopping rule).
+    * Three or more axes: parallel proximal Dykstra with weights :math:`1/m`. With
+      :math:`z_i = X` for all i, repeat
+      :math:`p_i = \operatorname{prox}_{m \lambda_i TV_{a_i}}(z_i)` (the exact 1D prox along
+      axis :math:`a_i` with weight :math:`m\lambda_i`), :math:`Y = \frac1m \sum_i p_i`,
+      :math:`z_i \leftarrow Y + z_i - p_i`. Then :math:`u_i = (z_i - p_i)/m` is a subgradient
+      of the i-th TV term at :math:`p_i`, hence dual feasible, and :math:`Y = X - \sum_i u_i`;
+      the certified duality gap :math:`\mathrm{gap}(Y) = \sum_i \lambda_i TV_{a_i}(Y) -
+      \langle Y - \bar Y, \sum_i u_i\rangle \ge F(Y) - F^\star` (:math:`\bar Y` the volume's
+      mean, which changes nothing in exact arithmetic since every :math:`u_i` sums to zero, and
+      keeps an offset of the data out of the rounding) is accumulated in float64. A volume stops
+      when :math:`\mathrm{gap} \le \mathrm{tol}\cdot F` with
+      :math:`F = \tfrac12\lVert \sum_i u_i\rVert^2 + \sum_i \lambda_i TV_{a_i}(Y)`, or after
+      ``max_iter`` iterations; its result is then frozen.
+
+    Args:
+        x: NumPy or CuPy array of float16, float32 or float64. float16 is computed in float32
+            and returned as float16; float32 and float64 are computed in their own precision.
+        lam: the weights :math:`\lambda_i \ge 0`: a scalar; an array broadcastable to x's shape
+            with every TV axis reduced to 1 (one weight per volume), used for every axis; or a
+            tuple/list with one such weight per axis, in the order of ``axes``. Arrays may be
+            NumPy or of x's kind.
+        axes: an int or a sequence of distinct ints, the TV axes; any order, any position.
+        max_iter: iteration limit per volume (>= 1; unused for one axis). Default 200.
+        tol: relative duality-gap tolerance (>= 0; unused for one axis). Default 1e-3.
+        out: optional C-contiguous array of x's shape, dtype and kind to write the result into.
+        return_info: also return a :class:`ProxInfo`.
+
+    Returns:
+        ``y`` with x's shape and dtype (``out`` when given), or ``(y, info)`` when
+        ``return_info``. Volumes whose weights are all zero return x exactly; a volume holding NaN
+        or ±Inf comes back all NaN (n_iter 0, gap NaN) and no other volume is affected.
+
+    Raises:
+        TypeError: x is not a NumPy/CuPy floating array, or a bad type of axes/max_iter/tol.
+        ValueError: bad axes (empty, repeated, out of range), lam (negative, bad shape, wrong
+            number of per-axis weights), max_iter, tol or ``out``.
+
+    Example:
+        >>> import numpy as np
+        >>> from cupytv.tvnd import prox_tv
+        >>> x = np.zeros((2, 2, 2))
+        >>> x[1] = 4.0
+        >>> y, info = prox_tv(x, 0.5, axes=(0, 1, 2), tol=1e-9, max_iter=1000, return_info=True)
+        >>> np.round(y[:, 0, 0], 6)
+        array([0.5, 3.5])
+        >>> bool(info.converged)
+        True
+    """
+    xp = _array_module(x, "x")
+    dtype = check_float_dtype(x.dtype)
+    tv_axes = _normalize_tv_axes(axes, x.ndim)
+    lams, _ = _lam_per_axis(lam, x.shape, tv_axes)
+    _check_iteration_limits(max_iter, tol)
+    if out is not None:
+        _check_out(out, x, xp)
+    m = len(tv_axes)
+    if m == 1:
+        y = prox_tv1d(x, lams[0], tv_axes[0], out=out)
+        return (y, _exact_info(x, tv_axes[0], xp)) if return_info else y
+    if m == 2:
+        result = prox_tv2d(
+            x, lam, axes=tv_axes, max_iter=max_iter, tol=tol, out=out, return_info=return_info
+        )
+        if not return_info:
+            return result
+        y, info = result
+        return y, info
+    batch_shape = _batch_shape(x.shape, tv_axes)
+    if x.size == 0:
+        y = xp.empty_like(x) if out is None else out
+        # Empty volumes are solved exactly by doing nothing.
+        info = ProxInfo(
+            xp.zeros(batch_shape, dtype=np.int32),
+            xp.zeros(batch_shape, dtype=_F64),
+            xp.ones(batch_shape, dtype=bool),
+        )
+        return (y, info) if return_info else y
+    compute = _compute_dtype(dtype)
+    xv = _to_volumes(x, tv_axes, compute, xp)
+    lam_v = [_lam_to_volumes(lam_i, tv_axes) for lam_i in lams]
+    run = _dykstra(xv, lam_v, max_iter=max_iter, tol=tol, n_target=None, keep_history=False)
+    y = _from_volumes(run.y, x.shape, tv_axes, xp).astype(dtype, copy=False)
+    if out is not None:
+        out[...] = y
+        y = out
+    else:
+        y = xp.ascontiguousarray(y)
+    if not return_info:
+        return y
+    info = ProxInfo(
+        xp.asarray(run.n_iter.reshape(batch_shape)),
+        xp.asarray(run.gap.reshape(batch_shape)),
+        xp.asarray((run.gap <= tol).reshape(batch_shape)),
+    )
+    return y, info
+
+
+def prox_tv_vjp(
+    g,
+    x,
+    lam,
+    axes,
+    *,
+    n_iter=None,
+    max_iter: int = DEFAULT_MAX_ITER,
+    tol: float = DEFAULT_TOL,
+):
+    r"""Gradients of :math:`\langle g, \mathrm{prox\_tv}(x, \lambda)\rangle` w.r.t. x and lam.
+
+    Exact gradients of the map :func:`prox_tv` computes, iterations included (not of the exact
+    prox, which the iteration only approximates).
+
+    * One axis: :func:`cupytv.prox_tv1d_vjp` on the output of the exact 1D prox.
+    * Two axes: :func:`cupytv.tv2d.prox_tv2d_vjp`.
+    * Three or more axes: the forward is run again from x (replaying ``n_iter`` when given,
+      else applying ``max_iter``/``tol``, which is deterministic and gives the same counts),
+      keeping every iteration's 1D prox outputs :math:`p_i^k`, then differentiated backwards
+      through the iterations each volume actually ran. Temporary memory:
+      ``m * n_iter * x.size`` values of the compute dtype (m the number of axes).
+
+    Adjoint recursion (m axes, N iterations of a volume, output :math:`Y = Y^{N-1}`). Forward:
+    :math:`z_i^0 = X`; for :math:`k = 0..N-1`:
+    :math:`p_i^k = P_i(z_i^k)` with :math:`P_i = \operatorname{prox}_{m\lambda_i TV_{a_i}}`,
+    :math:`Y^k = \frac1m\sum_i p_i^k`, :math:`z_i^{k+1} = Y^k + z_i^k - p_i^k`. Backward, with
+    :math:`a_i^N = 0` the adjoints of :math:`z_i^N` (unused by the output), for
+    :math:`k = N-1` down to 0:
+
+    .. math::
+        \bar Y^k &= [k = N-1]\, g + \textstyle\sum_i a_i^{k+1}, \\
+        \bar p_i^k &= \bar Y^k / m - a_i^{k+1}, \\
+        a_i^k &= a_i^{k+1} + J_{P_i}(z_i^k)^\top \bar p_i^k, \\
+        \bar\lambda_i &\mathrel{+}= m\, \partial_w P_i(z_i^k)^\top \bar p_i^k,
+
+    and :math:`\bar X = \sum_i a_i^0`. :math:`J^\top` and :math:`\partial_w^\top` (w = the
+    1D weight :math:`m\lambda_i`, hence the factor m) come from
+    ``prox_tv1d_vjp(p̄, p_i^k, m λ_i, a_i)``, which needs only the 1D prox's output. A volume
+    that stopped after N iterations is frozen afterwards (identity), so its backward starts at
+    its own k = N-1 while the batch goes on.
+
+    Args:
+        g: upstream gradient, x's shape, dtype and kind.
+        x: the forward's input.
+        lam, axes, max_iter, tol: as given to the forward.
+        n_iter: optional, the forward's ``info.n_iter`` (NumPy or x's kind, x's shape without
+            the TV axes, or broadcastable to it): replays exactly those iteration counts.
+
+    Returns:
+        ``(grad_x, grad_lam)``: grad_x with x's shape and dtype; grad_lam shaped like lam (0-d
+        for a scalar; a tuple for per-axis weights), summed over the volumes that shared a
+        weight, in x's dtype. Volumes with non-finite input (or a replayed count of 0) get NaN
+        gradients.
+
+    Raises:
+        TypeError, ValueError: as :func:`prox_tv`, plus mismatched ``g`` or a bad ``n_iter``.
+
+    Example:
+        >>> import numpy as np
+        >>> from cupytv.tvnd import prox_tv, prox_tv_vjp
+        >>> x = np.arange(8.0).reshape(2, 2, 2)
+        >>> gx, glam = prox_tv_vjp(np.ones_like(x), x, 0.1, axes=(0, 1, 2))
+        >>> bool(np.allclose(gx, 1.0)), bool(abs(glam) < 1e-9)
+        (True, True)
+    """
+    xp = _array_module(x, "x")
+    check_same_array_kind(g, x, "g", "x")
+    dtype = check_float_dtype(x.dtype)
+    check_float_dtype(g.dtype, "g")
+    if g.shape != x.shape or g.dtype != x.dtype:
+        raise ValueError(
+            f"g: expected x's shape and dtype {x.shape} {x.dtype}, got {g.shape} {g.dtype}"
+        )
+    tv_axes = _normalize_tv_axes(axes, x.ndim)
+    lams, per_axis = _lam_per_axis(lam, x.shape, tv_axes)
+    _check_iteration_limits(max_iter, tol)
+    m = len(tv_axes)
+    if m == 1:
+        lam_user = lam[0] if per_axis else lam
+        y = prox_tv1d(x, lams[0], tv_axes[0])
+        grad_x, grad_lam = prox_tv1d_vjp(g, y, lam_user, tv_axes[0])
+        return grad_x, ((grad_lam,) if per_axis else grad_lam)
+    if m == 2:
+        return prox_tv2d_vjp(g, x, lam, axes=tv_axes, n_iter=n_iter, max_iter=max_iter, tol=tol)
+    batch_shape = _batch_shape(x.shape, tv_axes)
+    n_target = None if n_iter is None else _check_n_iter(n_iter, batch_shape)
+    lam_shapes = [np.shape(lam_i) for lam_i in lam] if per_axis else [np.shape(lam)]
+    if x.size == 0:
+        zeros = tuple(xp.zeros(s, dtype=dtype) for s in lam_shapes)
+        return xp.zeros_like(x), (zeros if per_axis else zeros[0])
+    compute = _compute_dtype(dtype)
+    xv = _to_volumes(x, tv_axes, compute, xp)
+    gv = _to_volumes(g, tv_axes, compute, xp)
+    lam_v = [_lam_to_volumes(lam_i, tv_axes) for lam_i in lams]
+    run = _dykstra(xv, lam_v, max_iter=max_iter, tol=tol, n_target=n_target, keep_history=True)
+    adj, grad_w = _dykstra_backward(gv, lam_v, run)
+    # Volumes without an output (non-finite input, or a replayed count of 0) get NaN gradients.
+    no_output = xp.asarray(run.n_iter == 0)
+    grad_xv = xp.where(no_output.reshape((-1,) + (1,) * m), xp.nan, adj)
+    grad_w = [xp.where(no_output, xp.nan, gw) for gw in grad_w]
+    grad_x = xp.ascontiguousarray(_from_volumes(grad_xv, x.shape, tv_axes, xp).astype(dtype))
+    # grad_w[i]: (B,) per volume -> x's shape with the TV axes reduced to 1 -> lam's shape.
+    reduced = [
+        _from_volumes(gw.reshape((-1,) + (1,) * m), lams[0].shape, tv_axes, xp) for gw in grad_w
+    ]
+    if per_axis:
+        return grad_x, tuple(
+            xp.asarray(unbroadcast(r, s)).astype(dtype)
+            for r, s in zip(reduced, lam_shapes, strict=True)
+        )
+    return grad_x, xp.asarray(unbroadcast(sum(reduced), lam_shapes[0])).astype(dtype)
+
+
+@dataclasses.dataclass
+class _DykstraRun:
+    """What one batched run returns (host arrays are NumPy, per volume of the batch)."""
+
+    y: object  # (B, *vol) output, x's kind, compute dtype; NaN where there is no output
+    n_iter: np.ndarray  # (B,) int32
+    gap: np.ndarray  # (B,) float64 relative gap; NaN where not computed
+    history: list  # per iteration k: (active volume indices, [p_0^k, ..., p_{m-1}^k])
+
+
+def _dykstra(xv, lam_v, *, max_iter, tol, n_target, keep_history) -> _DykstraRun:
+    """Parallel proximal Dykstra on the volumes ``xv`` (B, *vol), weights ``lam_v[i]`` (B, 1..).
+
+    With ``n_target`` (B,) volume b runs exactly ``n_target[b]`` iterations; else each runs until
+    its relative gap is <= tol or ``max_iter``. Non-finite volumes do not run. Volumes whose
+    weights are all zero get x exactly (the iteration leaves them at mean_i x, which can differ
+    from x in the last bit).
+    """
+    xp = _array_module(xv, "x")
+    m = len(lam_v)
+    n_vol = xv.shape[0]
+    compute = xv.dtype
+    finite = host_array(xp.isfinite(xv).reshape(n_vol, -1).all(axis=1))
+    y_out = xp.full(xv.shape, xp.nan, dtype=compute)
+    n_iter = np.zeros(n_vol, dtype=np.int32)
+    gap = np.full(n_vol, np.nan)
+    history = []
+    if n_target is None:
+        runs = finite
+        limit = max_iter
+    else:
+        runs = finite & (n_target > 0)
+        limit = int(n_target.max(initial=0))
+    active = np.flatnonzero(runs)
+    z = [_take(xv, active, n_vol, xp)] * m  # never written in place: one array serves all
+    weights = [m * w[active] for w in lam_v]
+    for k in range(limit):
+        if active.size == 0:
+            break
+        p = [prox_tv1d(z[i], weights[i], axis=1 + i) for i in range(m)]
+        # Averages and the certificate in float64; float64 temporaries are whole sums, not one
+        # per axis, to keep the working memory at a few volumes.
+        p_sum = sum(p_i.astype(_F64) for p_i in p)
+        y64 = p_sum / m
+        y = y64.astype(compute, copy=False)
+        if keep_history:
+            history.append((active, p))
+        if n_target is None:
+            u_sum = (sum(z_i.astype(_F64) for z_i in z) - p_sum) / m  # sum_i (z_i - p_i) / m
+            rel = _relative_gap(y, u_sum, [w / m for w in weights], xp)
+            gap[active] = rel
+            done = rel <= tol
+        else:
+            done = n_target[active] == k + 1
+        if k + 1 == limit:
+            done[:] = True
+        z = [(y64 + z_i - p_i).astype(compute, copy=False) for z_i, p_i in zip(z, p, strict=True)]
+        if done.any():
+            stop, keep = np.flatnonzero(done), np.flatnonzero(~done)
+            y_out[xp.asarray(active[stop])] = y[xp.asarray(stop)]
+            n_iter[active[stop]] = k + 1
+            active = active[keep]
+            z = [_take(z_i, keep, done.size, xp) for z_i in z]
+            weights = [w[keep] for w in weights]
+    zero_lam = finite & np.all([w.reshape(n_vol) == 0 for w in lam_v], axis=0)
+    if zero_lam.any():
+        idx = xp.asarray(np.flatnonzero(zero_lam))
+        y_out[idx] = xv[idx]
+    return _DykstraRun(y_out, n_iter, gap, history)
+
+
+def _dykstra_backward(gv, lam_v, run: _DykstraRun):
+    """The adjoint recursion of :func:`prox_tv_vjp`: (sum_i a_i^0 (B, *vol), [grad lam_i (B,)]).
+
+    Adjoints live on the full batch; iteration k reads and writes only its active volumes.
+    """
+    xp = _array_module(gv, "g")
+    m = len(lam_v)
+    n_vol = gv.shape[0]
+    per_volume = (-1,) + (1,) * m
+    adj = [xp.zeros_like(gv) for _ in range(m)]
+    grad_w = [xp.zeros(n_vol, dtype=_F64) for _ in range(m)]
+    for k in range(len(run.history) - 1, -1, -1):
+        active, p = run.history[k]
+        full = active.size == n_vol
+        idx = None if full else xp.asarray(active)
+        a = adj if full else [a_i[idx] for a_i in adj]
+        # Volumes whose last iteration is k receive g here; their a_i are still zero.
+        ends = xp.asarray((run.n_iter[active] == k + 1).reshape(per_volume))
+        y_bar = sum(a) + xp.where(ends, gv if full else gv[idx], 0)
+        for i in range(m):
+            p_bar = y_bar / m - a[i]
+            gz, gw = prox_tv1d_vjp(p_bar, p[i], m * lam_v[i][active], axis=1 + i)
+            a[i] = a[i] + gz
+            contribution = m * gw.reshape(-1).astype(_F64)
+            if full:
+                grad_w[i] += contribution
+            else:
+                grad_w[i][idx] += contribution
+        if full:
+            adj = a
+        else:
+            for i in range(m):
+                adj[i][idx] = a[i]
+    return sum(adj), grad_w
+
+
+def _relative_gap(y, u_sum, lam_a, xp) -> np.ndarray:
+    """Certified relative gap gap/F per volume (see :func:`prox_tv`), float64, on the host.
+
+    ``y``: (b, *vol) iterate; ``u_sum`` (float64): sum_i u_i; ``lam_a[i]``: (b, 1..) NumPy.
+    """
+    m = len(lam_a)
+    vol_axes = tuple(range(1, m + 1))
+    y64 = y.astype(_F64)
+    tv = sum(
+        xp.asarray(lam_i.reshape(-1)) * xp.abs(xp.diff(y64, axis=1 + i)).sum(axis=vol_axes)
+        for i, lam_i in enumerate(lam_a)
+    )
+    centered = y64 - y64.mean(axis=vol_axes, keepdims=True)
+    gap = xp.maximum(tv - (centered * u_sum).sum(axis=vol_axes), 0.0)
+    objective = 0.5 * (u_sum * u_sum).sum(axis=vol_axes) + tv
+    positive = objective > 0
+    # F == 0 means y == x with no TV: solved exactly (gap 0 then, by the clamp above or not).
+    rel = xp.where(
+        positive, gap / xp.where(positive, objective, 1.0), xp.where(gap > 0, xp.inf, 0.0)
+    )
+    return host_array(rel)
+
+
+def _take(a, rows: np.ndarray, n_rows: int, xp):
+    """``a[rows]`` along the batch axis, without a copy when rows are all of them in order."""
+    return a if rows.size == n_rows else a[xp.asarray(rows)]
+
+
+def _normalize_tv_axes(axes, ndim: int) -> tuple[int, ...]:
+    """The TV axes as distinct non-negative ints, in the order given."""
+    if ndim == 0:
+        raise ValueError("x: expected an array with at least 1 dimension, got a 0-d array")
+    if isinstance(axes, (int, np.integer)) and not isinstance(axes, bool):
+        axes = (axes,)
+    if not isinstance(axes, Sequence) or isinstance(axes, str):
+        raise TypeError(f"axes: expected an int or a sequence of ints, got {axes!r}")
+    if len(axes) == 0:
+        raise ValueError(f"axes: expected at least one axis, got {tuple(axes)!r}")
+    norm = tuple(normalize_axis(a, ndim, f"axes[{k}]") for k, a in enumerate(axes))
+    repeated = sorted({a for a in norm if norm.count(a) > 1})
+    if repeated:
+        raise ValueError(
+            f"axes: expected distinct axes, got {tuple(axes)!r} (axis {repeated[0]} repeated)"
+        )
+    return norm
+
+
+def _lam_per_axis(lam, shape, tv_axes):
+    """([lam_i as float64 NumPy, x's shape with the TV axes reduced to 1] * m, per_axis)."""
+    m = len(tv_axes)
+    if isinstance(lam, (tuple, list)):
+        if len(lam) != m:
+            raise ValueError(
+                f"lam: expected a scalar, an array, or one weight per axis ({m} for axes "
+                f"{tv_axes}), got a {type(lam).__name__} of length {len(lam)}"
+            )
+        return [lam_to_array(w, shape, tv_axes, f"lam[{i}]") for i, w in enumerate(lam)], True
+    return [lam_to_array(lam, shape, tv_axes)] * m, False
+
+
+def _check_iteration_limits(max_iter, tol) -> None:
+    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral):
+        raise TypeError(f"max_iter: expected an int, got {type(max_iter).__name__}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter: expected an int >= 1, got {max_iter}")
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
+        raise TypeError(f"tol: expected a real number, got {type(tol).__name__}")
+    if not (math.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol: expected a finite number >= 0, got {tol}")
+
+
+def _check_n_iter(n_iter, batch_shape) -> np.ndarray:
+    """n_iter as a (B,) int64 NumPy array of counts >= 0."""
+    counts = host_array(n_iter)
+    if counts.dtype.kind not in "iu":
+        raise TypeError(f"n_iter: expected an integer array, got dtype {counts.dtype}")
+    try:
+        counts = np.broadcast_to(counts, batch_shape)
+    except ValueError:
+        raise ValueError(
+            f"n_iter: expected an array broadcastable to {batch_shape} (x's shape without the "
+            f"TV axes), got shape {counts.shape}"
+        ) from None
+    if np.any(counts < 0):
+        raise ValueError(f"n_iter: expected counts >= 0, got {int(counts.min())}")
+    return counts.reshape(-1).astype(np.int64)
+
+
+def _exact_info(x, axis: int, xp) -> ProxInfo:
+    """Info of the exact 1D prox: no iterations, gap 0 (NaN for fibers with non-finite input)."""
+    finite = xp.isfinite(x).all(axis=axis)
+    return ProxInfo(
+        xp.zeros(finite.shape, dtype=np.int32),
+        xp.where(finite, 0.0, xp.nan).astype(_F64),
+        finite,
+    )
+
+
+def _batch_shape(shape, tv_axes) -> tuple[int, ...]:
+    return tuple(s for d, s in enumerate(shape) if d not in tv_axes)
+
+
+def _to_volumes(a, tv_axes, compute, xp):
+    """``a`` as a C-contiguous (B, *vol) array of the compute dtype (TV axes last, in order)."""
+    m = len(tv_axes)
+    moved = xp.moveaxis(a, tv_axes, tuple(range(a.ndim - m, a.ndim)))
+    vol_shape = moved.shape[a.ndim - m :]
+    return xp.ascontiguousarray(moved.reshape((-1, *vol_shape)), dtype=compute)
+
+
+def _from_volumes(v, shape, tv_axes, xp):
+    """Inverse of :func:`_to_volumes` (a view where possible) for an array of ``shape``."""
+    m = len(tv_axes)
+    ndim = len(shape)
+    moved_shape = _batch_shape(shape, tv_axes) + tuple(shape[a] for a in tv_axes)
+    return xp.moveaxis(v.reshape(moved_shape), tuple(range(ndim - m, ndim)), tv_axes)
+
+
+def _lam_to_volumes(lam_b: np.ndarray, tv_axes) -> np.ndarray:
+    """A weight of x's shape with the TV axes reduced to 1, as (B, 1, ..., 1) float64 NumPy."""
+    return _to_volumes(lam_b, tv_axes, _F64, np)
