@@ -416,7 +416,7 @@ def _backward(pb: _Problem, gc, counts, path: str | None = None):
     # A slice that ran no iteration returned x itself: its gradient is g.
     grad_x[...] = xp.where((counts == 0)[:, None, None], gc, xb)
     _multi(f"tv2d_fill_nan<{ct}>", rows, (grad_x, *dims, state))
-    grad_lam[:, (state & _NONFINITE) != 0] = np.nan
+    grad_lam = xp.where(((state & _NONFINITE) != 0)[None, :], np.nan, grad_lam)
     return grad_x, grad_lam
 
 
