@@ -1,0 +1,191 @@
+r"""2D TV prox as a differentiable PyTorch op and ``nn.Module`` (TV-Smooth / TV-Sharp).
+
+Forward: :func:`cupytv.prox_tv2d`; it also returns each slice's iteration count, which the
+backward (:func:`cupytv.prox_tv2d_vjp`) replays, so autograd keeps only x, lam and the counts.
+Both are ``torch.library`` custom ops with fake implementations (``torch.compile`` traces them).
+Host synchronisation: lam is read on the host to validate it (a few bytes per call), and the
+backward reads the largest iteration count to size its record.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+import cupytv
+from cupytv.torch._bridge import (
+    HALF_DTYPES,
+    check_input,
+    compute_dtype,
+    from_array,
+    lam_tensor,
+    on_stream,
+    to_array,
+)
+from cupytv.torch._modules import TVLayer
+from cupytv.tv2d import DEFAULT_MAX_ITER, DEFAULT_TOL
+
+
+def _batch_shape(x: Tensor, axes: list[int]) -> list[int]:
+    tv = {a % x.dim() for a in axes}
+    return [n for d, n in enumerate(x.shape) if d not in tv]
+
+
+@torch.library.custom_op("cupytv::prox_tv2d", mutates_args=())
+def _prox_tv2d(
+    x: Tensor, lam0: Tensor, lam1: Tensor, axes: list[int], max_iter: int, tol: float, method: str
+) -> tuple[Tensor, Tensor]:
+    with on_stream(x):
+        y, info = cupytv.prox_tv2d(
+            to_array(x), (to_array(lam0), to_array(lam1)), tuple(axes), max_iter=max_iter,
+            tol=tol, method=method, return_info=True,
+        )  # fmt: skip
+        return from_array(y), from_array(info.n_iter)
+
+
+@_prox_tv2d.register_fake
+def _(x, lam0, lam1, axes, max_iter, tol, method):
+    return torch.empty_like(x), x.new_empty(_batch_shape(x, axes), dtype=torch.int32)
+
+
+@torch.library.custom_op("cupytv::prox_tv2d_vjp", mutates_args=())
+def _prox_tv2d_vjp(
+    g: Tensor, x: Tensor, lam0: Tensor, lam1: Tensor, axes: list[int], n_iter: Tensor, method: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    with on_stream(x):
+        gx, (g0, g1) = cupytv.prox_tv2d_vjp(
+            to_array(g.contiguous()), to_array(x), (to_array(lam0), to_array(lam1)), tuple(axes),
+            n_iter=to_array(n_iter), method=method,
+        )  # fmt: skip
+    return from_array(gx), from_array(g0).to(lam0.dtype), from_array(g1).to(lam1.dtype)
+
+
+@_prox_tv2d_vjp.register_fake
+def _(g, x, lam0, lam1, axes, n_iter, method):
+    return torch.empty_like(x), torch.empty_like(lam0), torch.empty_like(lam1)
+
+
+def _setup_context(ctx, inputs, output):
+    x, lam0, lam1, axes, _, _, method = inputs
+    ctx.save_for_backward(x, lam0, lam1, output[1])
+    ctx.mark_non_differentiable(output[1])
+    ctx.axes, ctx.method = axes, method
+
+
+def _backward(ctx, grad_y, _grad_n_iter):
+    x, lam0, lam1, n_iter = ctx.saved_tensors
+    gx, g0, g1 = torch.ops.cupytv.prox_tv2d_vjp(grad_y, x, lam0, lam1, ctx.axes, n_iter,
+                                                ctx.method)  # fmt: skip
+    need = ctx.needs_input_grad
+    return gx, (g0 if need[1] else None), (g1 if need[2] else None), None, None, None, None
+
+
+_prox_tv2d.register_autograd(_backward, setup_context=_setup_context)
+
+
+def prox_tv2d(
+    x: Tensor,
+    lam,
+    axes=(-2, -1),
+    *,
+    max_iter: int = DEFAULT_MAX_ITER,
+    tol: float = DEFAULT_TOL,
+    method: str = "auto",
+    return_n_iter: bool = False,
+):
+    r"""Differentiable anisotropic 2D TV prox of every slice of ``x`` over ``axes``.
+
+    .. math::
+        Y = \arg\min_Y \tfrac12\lVert Y - X\rVert^2 + \lambda_0 \sum |Y_{i+1,j} - Y_{i,j}|
+            + \lambda_1 \sum |Y_{i,j+1} - Y_{i,j}|
+
+    solved as :func:`cupytv.prox_tv2d` does (certified duality-gap stopping at ``tol``); the
+    gradient is exact for the iterations each slice ran.
+
+    Args:
+        x: tensor ``(*, H, W)`` (any two axes) on the CPU or a CUDA device; float16/bfloat16
+            are computed in float32.
+        lam: a number or a tensor on x's device broadcastable to x with both axes reduced to 1
+            (per channel ``(1, C, 1, 1)``, per sample ``(N, 1, 1, 1)``, both ``(N, C, 1, 1)``),
+            or a tuple ``(lam0, lam1)`` of such (along ``axes[0]``, ``axes[1]``);
+            differentiable.
+        axes, max_iter, tol, method: as for :func:`cupytv.prox_tv2d` (``tol=0``: exactly
+            ``max_iter`` iterations, the seed's fixed-iteration layer).
+        return_n_iter: also return the per-slice iteration counts (int32, batch shape).
+
+    Returns:
+        ``Y`` (x's shape and dtype), or ``(Y, n_iter)``.
+
+    Example:
+        >>> import torch
+        >>> from cupytv.torch import prox_tv2d
+        >>> x = torch.tensor([[0.0, 4.0], [0.0, 4.0]])
+        >>> prox_tv2d(x, 1.0, tol=1e-9)
+        tensor([[1., 3.],
+                [1., 3.]])
+    """
+    check_input(x)
+    if isinstance(lam, (tuple, list)):
+        if len(lam) != 2:
+            raise ValueError(f"lam: expected a number, a tensor or a pair, got {len(lam)} items")
+        lam0, lam1 = lam_tensor(lam[0], x, "lam[0]"), lam_tensor(lam[1], x, "lam[1]")
+    else:
+        lam0 = lam1 = lam_tensor(lam, x)
+    cd = compute_dtype(x.dtype)
+    xc = x.to(cd) if x.dtype in HALF_DTYPES else x
+    y, n_iter = _prox_tv2d(xc, lam0.to(cd), lam1.to(cd), [int(a) for a in axes], int(max_iter),
+                           float(tol), method)  # fmt: skip
+    y = y.to(x.dtype)
+    return (y, n_iter) if return_n_iter else y
+
+
+class TV2d(TVLayer):
+    """A 2D TV layer: TV-Smooth (``mode="smooth"``: Y = prox(X)) or TV-Sharp (``"sharp"``:
+    Y = 2X - prox(X)), as in Yeh et al., *Total Variation Optimization Layers for Computer
+    Vision*, CVPR 2022.
+
+    Args:
+        lam: the initial weight (> 0 when learnable).
+        num_channels: one weight per channel (along ``channel_axis``), or None for one weight.
+        learnable: a ``softplus``-parametrised ``nn.Parameter`` (True), or a fixed buffer.
+        mode: ``"smooth"`` or ``"sharp"``.
+        axes, max_iter, tol, method: as for :func:`prox_tv2d`.
+        channel_axis: where the channels are (1 for NCHW).
+
+    Example:
+        >>> import torch
+        >>> from cupytv.torch import TV2d
+        >>> layer = TV2d(0.1, num_channels=3, mode="sharp")
+        >>> layer(torch.randn(2, 3, 16, 16)).shape
+        torch.Size([2, 3, 16, 16])
+    """
+
+    def __init__(
+        self,
+        lam: float = 0.1,
+        *,
+        num_channels: int | None = None,
+        learnable: bool = True,
+        mode: str = "smooth",
+        axes=(-2, -1),
+        channel_axis: int = 1,
+        max_iter: int = DEFAULT_MAX_ITER,
+        tol: float = DEFAULT_TOL,
+        method: str = "auto",
+    ):
+        super().__init__(lam, num_channels, learnable, mode, channel_axis)
+        self.axes = tuple(axes)
+        self.max_iter, self.tol, self.method = max_iter, tol, method
+
+    def prox(self, x: Tensor, lam: Tensor) -> Tensor:
+        return prox_tv2d(x, lam, self.axes, max_iter=self.max_iter, tol=self.tol,
+                         method=self.method)  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, axes={self.axes}, max_iter={self.max_iter}, tol={self.tol}, "
+            f"method={self.method!r}"
+        )
+
+
+__all__ = ["TV2d", "prox_tv2d"]

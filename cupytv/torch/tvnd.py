@@ -1,0 +1,121 @@
+r"""TV prox over any number of axes as a differentiable PyTorch op (see :func:`cupytv.prox_tv`).
+
+One axis is :func:`cupytv.torch.prox_tv1d`, two :func:`cupytv.torch.prox_tv2d`; three or more
+(volumes, video) run parallel proximal Dykstra through the ``cupytv::prox_tvnd`` custom op, whose
+backward replays the iterations each volume ran (:func:`cupytv.prox_tv_vjp`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+import cupytv
+from cupytv.torch._bridge import (
+    HALF_DTYPES,
+    check_input,
+    compute_dtype,
+    from_array,
+    lam_tensor,
+    on_stream,
+    to_array,
+)
+from cupytv.torch.tv1d import prox_tv1d
+from cupytv.torch.tv2d import _batch_shape, prox_tv2d
+from cupytv.tv2d import DEFAULT_MAX_ITER, DEFAULT_TOL
+
+
+@torch.library.custom_op("cupytv::prox_tvnd", mutates_args=())
+def _prox_tvnd(
+    x: Tensor, lams: list[Tensor], axes: list[int], max_iter: int, tol: float
+) -> tuple[Tensor, Tensor]:
+    with on_stream(x):
+        y, info = cupytv.prox_tv(
+            to_array(x), tuple(to_array(lam) for lam in lams), tuple(axes), max_iter=max_iter,
+            tol=tol, return_info=True,
+        )  # fmt: skip
+        return from_array(y), from_array(info.n_iter)
+
+
+@_prox_tvnd.register_fake
+def _(x, lams, axes, max_iter, tol):
+    return torch.empty_like(x), x.new_empty(_batch_shape(x, axes), dtype=torch.int32)
+
+
+@torch.library.custom_op("cupytv::prox_tvnd_vjp", mutates_args=())
+def _prox_tvnd_vjp(
+    g: Tensor, x: Tensor, lams: list[Tensor], axes: list[int], n_iter: Tensor
+) -> list[Tensor]:
+    with on_stream(x):
+        gx, gl = cupytv.prox_tv_vjp(
+            to_array(g.contiguous()), to_array(x), tuple(to_array(lam) for lam in lams),
+            tuple(axes), n_iter=to_array(n_iter),
+        )  # fmt: skip
+    return [from_array(gx)] + [from_array(a).to(lam.dtype) for a, lam in zip(gl, lams, strict=True)]
+
+
+@_prox_tvnd_vjp.register_fake
+def _(g, x, lams, axes, n_iter):
+    return [torch.empty_like(x)] + [torch.empty_like(lam) for lam in lams]
+
+
+def _setup_context(ctx, inputs, output):
+    x, lams, axes, _, _ = inputs
+    ctx.save_for_backward(x, output[1], *lams)
+    ctx.mark_non_differentiable(output[1])
+    ctx.axes = axes
+
+
+def _backward(ctx, grad_y, _grad_n_iter):
+    x, n_iter, *lams = ctx.saved_tensors
+    gx, *gl = torch.ops.cupytv.prox_tvnd_vjp(grad_y, x, lams, ctx.axes, n_iter)
+    return gx, gl, None, None, None
+
+
+_prox_tvnd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def prox_tv(x: Tensor, lam, axes, *, max_iter: int = DEFAULT_MAX_ITER, tol: float = DEFAULT_TOL):
+    r"""Differentiable anisotropic TV prox over ``axes`` (an int or a sequence of axes).
+
+    .. math::
+        Y = \arg\min_Y \tfrac12\lVert Y - X\rVert^2 + \sum_i \lambda_i \sum_k |Y_{k+e_i} - Y_k|
+
+    Args:
+        x: a tensor on the CPU or a CUDA device (float16/bfloat16 computed in float32).
+        lam: a number or tensor for every axis, or a tuple with one per axis (each broadcastable
+            to x with the TV axes reduced to 1); differentiable.
+        axes: the TV axes; one goes to :func:`prox_tv1d`, two to :func:`prox_tv2d`.
+        max_iter, tol: the iteration limit and certified relative duality-gap tolerance.
+
+    Returns:
+        ``Y``, x's shape and dtype.
+
+    Example:
+        >>> import torch
+        >>> from cupytv.torch import prox_tv
+        >>> prox_tv(torch.zeros(2, 3, 4, 5), 0.1, axes=(1, 2, 3)).shape
+        torch.Size([2, 3, 4, 5])
+    """
+    check_input(x)
+    axes_t = (axes,) if isinstance(axes, int) else tuple(axes)
+    if len(axes_t) == 1:
+        if isinstance(lam, (tuple, list)):
+            (lam,) = lam
+        return prox_tv1d(x, lam, axes_t[0])
+    if len(axes_t) == 2:
+        return prox_tv2d(x, lam, axes_t, max_iter=max_iter, tol=tol)
+    if isinstance(lam, (tuple, list)):
+        if len(lam) != len(axes_t):
+            raise ValueError(f"lam: expected one weight per axis ({len(axes_t)}), got {len(lam)}")
+        lams = [lam_tensor(v, x, f"lam[{i}]") for i, v in enumerate(lam)]
+    else:
+        lams = [lam_tensor(lam, x)] * len(axes_t)
+    cd = compute_dtype(x.dtype)
+    xc = x.to(cd) if x.dtype in HALF_DTYPES else x
+    y, _ = _prox_tvnd(xc, [v.to(cd) for v in lams], [int(a) for a in axes_t], int(max_iter),
+                      float(tol))  # fmt: skip
+    return y.to(x.dtype)
+
+
+__all__ = ["prox_tv"]
