@@ -138,16 +138,18 @@ __device__ __forceinline__ W* col_words(W* bits, index_t t, index_t s, index_t s
   return bits + (t * slices + s) * words_per_iter(h, w) + h * words_per_fiber(w) + c;
 }
 
-// Jumps at most this fraction of the larger neighbour's magnitude are recorded as no jump. Dykstra
-// drives the jumps that vanish at the solution to zero geometrically (measured: 1e-10 after 20
-// iterations, the last ulp after 40, on N(0,1) noise with lam 0.3), so late intermediate 1D
-// solutions hold jumps of a few ulps that the exact prox does not have. Taken literally, each
-// such jump is a kink of the unrolled map within rounding of the current point and its sign
-// adds a spurious (s_out - s_in) term to the lam gradient (20% off the exact prox's gradient
-// after 400 iterations in that test, while finite differences of the map itself agree with the
-// exact prox). Treating them as fused gives the derivative of the map seen from any step larger
-// than the threshold, which converges to the exact prox's gradient as the iterations converge.
-// Real jumps of TV solutions are far larger (the reference fuses below 1e-9 of max|x| too).
+// Jumps at most this fraction of the slice's max|x| are recorded as no jump. Dykstra drives the
+// jumps that vanish at the solution to zero geometrically (measured: 1e-10 after 20 iterations,
+// the last ulp after 40, on N(0,1) noise with lam 0.3), so late intermediate 1D solutions hold
+// jumps of a few ulps that the exact prox does not have. Taken literally, each such jump is a kink
+// of the unrolled map within rounding of the current point and its sign adds a spurious
+// (s_out - s_in) term to the lam gradient (20% off the exact prox's gradient after 400 iterations
+// in that test, while finite differences of the map itself agree with the exact prox). Treating
+// them as fused gives the derivative of the map seen from any step larger than the threshold,
+// which converges to the exact prox's gradient as the iterations converge. The threshold is
+// relative to the slice's scale, not to the two values compared: around a solution near 0 (a
+// checkerboard's mean; feature maps) a relative-to-neighbours test let ulp-sized jumps through
+// (found by `python -m cupytv check`). The reference fuses below 1e-9 of max|x| alike.
 template <typename T>
 __device__ __forceinline__ double jump_rtol();
 template <>
@@ -159,15 +161,15 @@ __device__ __forceinline__ double jump_rtol<float>() {
   return 1e-5;  // about 80 float32 ulps: float32 iterates carry rounding noise of a few ulps
 }
 
-// Record the jump signs of a solved fiber y (n samples, stride sy) into its words (stride ws).
+// Record the jump signs of a solved fiber y (n samples, stride sy) into its words (stride ws);
+// jumps of at most `tiny` (jump_rtol * the slice's max|x|) count as none.
 template <typename T>
 __device__ __forceinline__ void record_jumps(const T* y, index_t sy, index_t n, unsigned int* words,
-                                             index_t ws) {
+                                             index_t ws, double tiny) {
   unsigned int word = 0;
   double prev = static_cast<double>(y[0]);
   for (index_t k = 0; k < n; ++k) {
     const double next = k + 1 < n ? static_cast<double>(y[(k + 1) * sy]) : prev;
-    const double tiny = jump_rtol<T>() * fmax(fabs(prev), fabs(next));
     const unsigned int code =
         next - prev > tiny ? TV2D_JUMP_UP : (prev - next > tiny ? TV2D_JUMP_DOWN : 0u);
     word |= code << (2 * (k % TV2D_SAMPLES_PER_WORD));
@@ -242,13 +244,13 @@ __device__ __forceinline__ void row_gap(const T* x, const T* Z, index_t ld, inde
 template <typename T>
 __device__ __forceinline__ void row_prox(const T* x, const T* Ub, T* W, T* Z, index_t ld,
                                          index_t w, index_t r, T lam1, T* scratch,
-                                         unsigned int* words, index_t ws) {
+                                         unsigned int* words, index_t ws, double tiny) {
   const T* ub = Ub + r * ld;
   T* wr = W + r * ld;
   T* v = Z + r * ld;
   for (index_t k = 0; k < w; ++k) v[k] = x[k] - ub[k];
   tv1d_condat_fiber(static_cast<const T*>(v), 1, wr, 1, w, lam1, scratch);
-  if (words != nullptr) record_jumps(static_cast<const T*>(wr), 1, w, words, ws);
+  if (words != nullptr) record_jumps(static_cast<const T*>(wr), 1, w, words, ws, tiny);
   for (index_t k = 0; k < w; ++k) wr[k] += ub[k];
 }
 
@@ -257,11 +259,12 @@ __device__ __forceinline__ void row_prox(const T* x, const T* Ub, T* W, T* Z, in
 template <typename T>
 __device__ __forceinline__ void col_prox(T* Ub, T* U, const T* W, T* Z, index_t ld, index_t h,
                                          index_t c, T lam0, double beta, int momentum,
-                                         T* scratch, unsigned int* words, index_t ws) {
+                                         T* scratch, unsigned int* words, index_t ws,
+                                         double tiny) {
   T* zc = Z + c;
   const T* wc = W + c;
   tv1d_condat_fiber(wc, ld, zc, ld, h, lam0, scratch);
-  if (words != nullptr) record_jumps(static_cast<const T*>(zc), ld, h, words, ws);
+  if (words != nullptr) record_jumps(static_cast<const T*>(zc), ld, h, words, ws, tiny);
   const T b = static_cast<T>(beta);
   for (index_t k = 0; k < h; ++k) {
     const T un = wc[k * ld] - zc[k * ld];
@@ -388,6 +391,22 @@ __device__ bool fused_finite(const T* xs, double* part, index_t h, index_t w) {
   return finite;
 }
 
+// max|x| over the global slice xs (all threads; uses part): the scale of jump_rtol.
+template <typename T>
+__device__ double fused_scale(const T* xs, double* part, index_t h, index_t w) {
+  const index_t r = threadIdx.x;
+  double m = 0.0;
+  if (r < h) {
+    for (index_t k = 0; k < w; ++k) m = fmax(m, fabs(static_cast<double>(xs[r * w + k])));
+  }
+  part[r] = m;
+  __syncthreads();
+  double scale = 0.0;
+  for (index_t k = 0; k < h; ++k) scale = fmax(scale, part[k]);
+  __syncthreads();  // part is reused next
+  return scale;
+}
+
 // Arrays of the forward in a fused tile: Z (output), Ub, W, U.
 template <typename T>
 struct ForwardArrays {
@@ -407,13 +426,13 @@ template <typename T>
 __device__ __forceinline__ void fused_iteration(const T* xs, ForwardArrays<T> f, index_t ld,
                                                 index_t s, index_t slices, index_t h, index_t w,
                                                 int t, T lam0, T lam1, int momentum,
-                                                unsigned int* bits) {
+                                                unsigned int* bits, double tiny) {
   const index_t k = threadIdx.x;
   if (k < h) {
     row_prox(xs + k * w, f.Ub, f.W, f.Z, ld, w, k, lam1, static_cast<T*>(nullptr),
              bits != nullptr ? row_words(bits, t, s, slices, h, w, k)
                              : static_cast<unsigned int*>(nullptr),
-             h);
+             h, tiny);
   }
   __syncthreads();
   if (k < w) {
@@ -421,7 +440,7 @@ __device__ __forceinline__ void fused_iteration(const T* xs, ForwardArrays<T> f,
              static_cast<T*>(nullptr),
              bits != nullptr ? col_words(bits, t, s, slices, h, w, k)
                              : static_cast<unsigned int*>(nullptr),
-             w);
+             w, tiny);
   }
   __syncthreads();
 }
@@ -471,7 +490,7 @@ __global__ void tv2d_solve(const T* __restrict__ x, T* __restrict__ z, const T* 
     __syncthreads();
     if (stop) break;
     tv2d::fused_iteration(xs, f, tile.ld, s, slices, h, w, t, l0, l1, momentum,
-                          static_cast<unsigned int*>(nullptr));
+                          static_cast<unsigned int*>(nullptr), 0.0);
   }
   if (!finite && k == 0) {
     n_iter[s] = 0;
@@ -496,13 +515,14 @@ __global__ void tv2d_solve_vjp(const T* __restrict__ x, const T* __restrict__ g,
   const T* gs = g + s * h * w;
   const T l0 = lam0[s * lam_stride], l1 = lam1[s * lam_stride];
   const bool finite = tv2d::fused_finite(xs, tile.part, h, w);
+  const double tiny = tv2d::jump_rtol<T>() * tv2d::fused_scale(xs, tile.part, h, w);
   const int n = finite ? n_iter[s] : 0;
   // Replay with recording. Z needs no initial value (the row half writes it first).
   tv2d::fused_fill(f.Ub, static_cast<const T*>(nullptr), tile.ld, h, w);
   if (momentum) tv2d::fused_fill(f.U, static_cast<const T*>(nullptr), tile.ld, h, w);
   __syncthreads();
   for (int t = 0; t < n; ++t) {
-    tv2d::fused_iteration(xs, f, tile.ld, s, slices, h, w, t, l0, l1, momentum, bits);
+    tv2d::fused_iteration(xs, f, tile.ld, s, slices, h, w, t, l0, l1, momentum, bits, tiny);
   }
   // Adjoints: A (of Ub) in a0, Xb in a1, the work array in a2, B (of U) in a3.
   T* A = tile.a0;
@@ -616,14 +636,16 @@ __global__ void __launch_bounds__(TV2D_BLOCK)
 }
 
 // Row half of iteration t. control: the state (forward, replay = 0) or n_iter (the backward's
-// replay, replay = 1, which records the jumps into bits; the forward never touches bits).
+// replay, replay = 1, which records the jumps into bits with the threshold jump_rtol * scale[s],
+// scale[s] = max|x| of slice s; the forward touches neither bits nor scale).
 template <typename T>
 __global__ void __launch_bounds__(TV2D_BLOCK)
     tv2d_rows_prox(const T* __restrict__ x, const T* __restrict__ ub, T* __restrict__ wbuf,
                    T* __restrict__ z, const T* __restrict__ lam1, cupytv::index_t lam_stride,
                    cupytv::index_t slices, cupytv::index_t h, cupytv::index_t w,
                    const int* __restrict__ control, int replay, int t,
-                   unsigned int* __restrict__ bits, T* __restrict__ scratch) {
+                   unsigned int* __restrict__ bits, const T* __restrict__ scale,
+                   T* __restrict__ scratch) {
   using cupytv::index_t;
   index_t s, r;
   if (!tv2d::fiber_of(slices, h, &s, &r) || !tv2d::runs(control, replay, t, s)) return;
@@ -631,8 +653,9 @@ __global__ void __launch_bounds__(TV2D_BLOCK)
   T* ws = scratch + (s * h + r) * tv1d::condat_scratch<T>(w);
   unsigned int* words = replay ? tv2d::row_words(bits, t, s, slices, h, w, r)
                               : static_cast<unsigned int*>(nullptr);
+  const double tiny = replay ? tv2d::jump_rtol<T>() * static_cast<double>(scale[s]) : 0.0;
   tv2d::row_prox(x + base + r * w, ub + base, wbuf + base, z + base, w, w, r,
-                 lam1[s * lam_stride], ws, words, h);
+                 lam1[s * lam_stride], ws, words, h, tiny);
 }
 
 template <typename T>
@@ -641,7 +664,8 @@ __global__ void __launch_bounds__(TV2D_BLOCK)
                    T* __restrict__ z, const T* __restrict__ lam0, cupytv::index_t lam_stride,
                    cupytv::index_t slices, cupytv::index_t h, cupytv::index_t w, int momentum,
                    const int* __restrict__ control, int replay, int t,
-                   unsigned int* __restrict__ bits, T* __restrict__ scratch) {
+                   unsigned int* __restrict__ bits, const T* __restrict__ scale,
+                   T* __restrict__ scratch) {
   using cupytv::index_t;
   index_t s, c;
   if (!tv2d::fiber_of(slices, w, &s, &c) || !tv2d::runs(control, replay, t, s)) return;
@@ -649,8 +673,9 @@ __global__ void __launch_bounds__(TV2D_BLOCK)
   T* ws = scratch + (s * w + c) * tv1d::condat_scratch<T>(h);
   unsigned int* words = replay ? tv2d::col_words(bits, t, s, slices, h, w, c)
                               : static_cast<unsigned int*>(nullptr);
+  const double tiny = replay ? tv2d::jump_rtol<T>() * static_cast<double>(scale[s]) : 0.0;
   tv2d::col_prox(ub + base, u + base, wbuf + base, z + base, w, h, c, lam0[s * lam_stride],
-                 tv2d::momentum_of(momentum, t), momentum, ws, words, w);
+                 tv2d::momentum_of(momentum, t), momentum, ws, words, w, tiny);
 }
 
 // NaN over every row of the slices whose state has TV2D_NONFINITE; one thread per row.

@@ -353,7 +353,9 @@ def _forward(pb: _Problem, path: str | None = None):
     row_obj = xp.empty(pb.slices * pb.h)
     active = xp.zeros(pb.max_iter + 1, dtype=np.int32)
     scratch = _scratch(pb)
-    no_bits = xp.zeros(1, dtype=np.uint32)  # the forward records nothing (replay == 0)
+    # The forward records nothing (replay == 0): placeholders for the record's arguments.
+    no_bits = xp.zeros(1, dtype=np.uint32)
+    no_scale = xp.zeros(1, dtype=pb.compute)
     rows = _grid(pb.slices * pb.h)
     _multi(f"tv2d_check_finite<{ct}>", rows, (pb.xc, *dims, state))
     poll = 1 if xp is np else GPU_POLL_EVERY
@@ -365,7 +367,7 @@ def _forward(pb: _Problem, path: str | None = None):
                 np.float64(pb.tol), state, pb.n_iter, pb.gap, active))  # fmt: skip
         if t == pb.max_iter:
             break
-        _iteration(pb, t, (pb.xc, ub, u, wbuf, z), state, 0, no_bits, scratch)
+        _iteration(pb, t, (pb.xc, ub, u, wbuf, z), state, 0, no_bits, no_scale, scratch)
         if (t + 1) % poll == 0 and int(active[t]) == 0:
             break
     _multi(f"tv2d_fill_nan<{ct}>", rows, (z, *dims, state))
@@ -397,8 +399,11 @@ def _backward(pb: _Problem, gc, counts, path: str | None = None):
     scratch = _scratch(pb)
     rows, cols = _grid(pb.slices * pb.h), _grid(pb.slices * pb.w)
     _multi(f"tv2d_check_finite<{ct}>", rows, (pb.xc, *dims, state))
+    # Each slice's max|x|: the scale of the threshold below which a jump counts as none (the fused
+    # kernel computes the same maximum itself; a maximum is exact, so the paths agree).
+    scale = xp.ascontiguousarray(xp.abs(pb.xc).max(axis=(1, 2)))
     for t in range(n_max):
-        _iteration(pb, t, (pb.xc, ub, u, wbuf, z), counts, 1, bits, scratch)
+        _iteration(pb, t, (pb.xc, ub, u, wbuf, z), counts, 1, bits, scale, scratch)
     # Adjoints (the forward's buffers reused): a of Ub, b of U, xb of X, tb the work array.
     a, b, xb, tb = ub, u, z, wbuf
     a[...] = 0
@@ -420,17 +425,17 @@ def _backward(pb: _Problem, gc, counts, path: str | None = None):
     return grad_x, grad_lam
 
 
-def _iteration(pb: _Problem, t: int, arrays, control, replay: int, bits, scratch) -> None:
+def _iteration(pb: _Problem, t: int, arrays, control, replay: int, bits, scale, scratch) -> None:
     """One multi-launch iteration: the row half, then the column half."""
     x, ub, u, wbuf, z = arrays
     ct, dims = pb.ctype(), pb.dims()
     stride = np.int64(pb.lam_stride)
     _multi(f"tv2d_rows_prox<{ct}>", _grid(pb.slices * pb.h),
            (x, ub, wbuf, z, pb.lam1, stride, *dims, control, np.int32(replay), np.int32(t), bits,
-            scratch))  # fmt: skip
+            scale, scratch))  # fmt: skip
     _multi(f"tv2d_cols_prox<{ct}>", _grid(pb.slices * pb.w),
            (ub, u, wbuf, z, pb.lam0, stride, *dims, np.int32(pb.momentum), control,
-            np.int32(replay), np.int32(t), bits, scratch))  # fmt: skip
+            np.int32(replay), np.int32(t), bits, scale, scratch))  # fmt: skip
 
 
 def _state(pb: _Problem):
