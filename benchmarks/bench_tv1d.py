@@ -118,7 +118,7 @@ static void vjp_loop(const T* y, const T* g, T* grad_x, T* grad_lam, long long f
 #pragma omp for schedule(dynamic, chunk(fibers))
     for (long long f = 0; f < fibers; ++f) {
       blockIdx = uint3{static_cast<unsigned>(f), 0, 0};
-      tv1d_vjp<T>(y, g, grad_x, grad_lam, fibers, n, 1);
+      tv1d_vjp<T>(y, g, grad_x, grad_lam, fibers, n, 1, 0.0);
     }
   }
 }

@@ -30,9 +30,10 @@
 //       the cost is linear for every input. Uses scratch for the hulls on every fiber. The
 //       hulls steer decisions only; each segment's value is recomputed from its own float64 sum
 //       (the closed form below), so its error is Condat's: eps * |segment sum| / |S|.
-//   tv1d_vjp<T>(y, g, grad_x, grad_lam, outer, n, inner)
-//       Segments = maximal runs of equal y (the forwards write one value per constant segment, so
-//       the runs are exactly the segments). grad_x = mean of g over each segment; grad_lam[f] =
+//   tv1d_vjp<T>(y, g, grad_x, grad_lam, outer, n, inner, tiny)
+//       Segments = maximal runs of y within `tiny` of the run's first value (the forwards write
+//       one value per constant segment, so with tiny = 0 the runs are exactly the segments;
+//       tiny > 0 serves outputs of iterative solvers, whose segments carry rounding noise). grad_x = mean of g over each segment; grad_lam[f] =
 //       sum over segments of (s_out - s_in) * mean_segment(g), with s_in / s_out the sign of the
 //       jump into / out of the segment (0 at the fiber ends): the derivative of
 //       y_S = mean_S(x) + lam (s_out - s_in) / |S| (see cupytv/reference/tv1d.py). grad_lam has
@@ -223,7 +224,8 @@ namespace tv1d {
 
 // The backward of one fiber (see the header): segments are runs of equal y.
 template <typename T>
-__device__ __forceinline__ T vjp_fiber(const T* yf, const T* gf, T* gx, index_t s, index_t n) {
+__device__ __forceinline__ T vjp_fiber(const T* yf, const T* gf, T* gx, index_t s, index_t n,
+                                       double tiny) {
   double glam = 0.0;
   bool has_nan = false;
   double s_in = 0.0;  // sign of the jump into the current segment
@@ -236,7 +238,7 @@ __device__ __forceinline__ T vjp_fiber(const T* yf, const T* gf, T* gx, index_t 
     T after = v;
     for (; end < n; ++end) {
       after = yf[end * s];
-      if (after != v) break;
+      if (fabs(static_cast<double>(after) - static_cast<double>(v)) > tiny) break;
       sum += static_cast<double>(gf[end * s]);
     }
     const double mean = sum / static_cast<double>(end - start);
@@ -259,13 +261,13 @@ template <typename T>
 __global__ void __launch_bounds__(TV1D_BLOCK)
     tv1d_vjp(const T* __restrict__ y, const T* __restrict__ g, T* __restrict__ grad_x,
              T* __restrict__ grad_lam, cupytv::index_t outer, cupytv::index_t n,
-             cupytv::index_t inner) {
+             cupytv::index_t inner, double tiny) {
   using cupytv::index_t;
   const index_t f = cupytv::block_start_x() + threadIdx.x;
   if (f >= outer * inner) return;
   const index_t o = f / inner;
   const index_t base = o * n * inner + (f - o * inner);
   // A literal stride for contiguous fibers, as in the forward.
-  grad_lam[f] = inner == 1 ? tv1d::vjp_fiber(y + base, g + base, grad_x + base, 1, n)
-                           : tv1d::vjp_fiber(y + base, g + base, grad_x + base, inner, n);
+  grad_lam[f] = inner == 1 ? tv1d::vjp_fiber(y + base, g + base, grad_x + base, 1, n, tiny)
+                           : tv1d::vjp_fiber(y + base, g + base, grad_x + base, inner, n, tiny);
 }

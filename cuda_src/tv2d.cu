@@ -158,7 +158,7 @@ __device__ __forceinline__ double jump_rtol<double>() {
 }
 template <>
 __device__ __forceinline__ double jump_rtol<float>() {
-  return 1e-5;  // about 80 float32 ulps: float32 iterates carry rounding noise of a few ulps
+  return 1e-6;  // about 8 float32 ulps: float32 iterates carry rounding noise of a few ulps
 }
 
 // Record the jump signs of a solved fiber y (n samples, stride sy) into its words (stride ws);

@@ -120,7 +120,7 @@ def prox_tv1d(x, lam, axis: int = -1, *, method: str = "auto", out=None):
     return y.astype(dtype, copy=False)
 
 
-def prox_tv1d_vjp(g, y, lam, axis: int = -1):
+def prox_tv1d_vjp(g, y, lam, axis: int = -1, *, fuse_atol: float = 0.0):
     r"""Gradients of :math:`\langle g, \mathrm{prox}_{\lambda TV}(x)\rangle` w.r.t. x and lam.
 
     Takes the forward's *output* ``y`` (not x), so a framework saves one array and the backward is
@@ -142,6 +142,10 @@ def prox_tv1d_vjp(g, y, lam, axis: int = -1):
         y: the output of :func:`prox_tv1d` for the same ``lam`` and ``axis``.
         lam: the weight used in the forward (only its shape matters here).
         axis: the axis the forward ran along.
+        fuse_atol: samples within this of their segment's first value belong to the segment.
+            0 (default) for :func:`prox_tv1d`'s outputs, whose segments are bit-identical; a small
+            multiple of the data's scale for outputs of iterative solvers (cupytv.prox_tv passes
+            1e-9 of max|x| in float64), whose segments carry rounding noise.
 
     Returns:
         ``(grad_x, grad_lam)``: grad_x has y's shape and dtype; grad_lam has lam's shape (0-d
@@ -168,6 +172,8 @@ def prox_tv1d_vjp(g, y, lam, axis: int = -1):
     ax = normalize_axis(axis, y.ndim)
     lam_b = lam_to_array(lam, y.shape, (ax,))
     lam_shape = np.shape(lam)
+    if not (np.isfinite(fuse_atol) and fuse_atol >= 0):
+        raise ValueError(f"fuse_atol: expected a finite number >= 0, got {fuse_atol!r}")
     outer, n, inner = _fiber_view(y.shape, ax)
     if y.size == 0:
         return xp.zeros_like(y), xp.zeros(lam_shape, dtype=dtype)
@@ -181,7 +187,16 @@ def prox_tv1d_vjp(g, y, lam, axis: int = -1):
         f"tv1d_vjp<{_CTYPES[compute]}>",
         (_ceil_div(outer * inner, BLOCK),),
         (BLOCK,),
-        (yc, gc, grad_x, grad_fiber, np.int64(outer), np.int64(n), np.int64(inner)),
+        (
+            yc,
+            gc,
+            grad_x,
+            grad_fiber,
+            np.int64(outer),
+            np.int64(n),
+            np.int64(inner),
+            np.float64(fuse_atol),
+        ),
     )
     # xp.asarray: NumPy reductions to 0-d return scalars; the contract is an array of lam's shape.
     grad_lam = xp.asarray(unbroadcast(grad_fiber.reshape(lam_b.shape), lam_shape))

@@ -176,8 +176,9 @@ def prox_tv2d_vjp(
     framework keeps only ``x`` and ``info.n_iter`` between forward and backward; the backward's
     workspace is three arrays of x's size (four, accelerated) plus the bits, and it costs about
     1.5 forwards. Jumps of an intermediate 1D solution smaller than rounding (1e-9 relative in
-    float64, 1e-5 in float32) count as no jump: the map has kinks that close to the point, and
-    this choice is the one whose gradient converges to the exact prox's as the iterations do.
+    float64, 1e-6 in float32, of the slice's max|x|) count as no jump: the map has kinks that
+    close to the point, and this choice is the one whose gradient converges to the exact prox's
+    as the iterations do.
 
     Args:
         g: upstream gradient, x's shape, dtype and kind.

@@ -34,6 +34,9 @@ from cupytv.tv1d import _array_module, _check_out, _compute_dtype, prox_tv1d, pr
 from cupytv.tv2d import DEFAULT_MAX_ITER, DEFAULT_TOL, ProxInfo, prox_tv2d, prox_tv2d_vjp
 
 _F64 = np.dtype(np.float64)
+#: Per compute dtype: values of an iterate's 1D solution within this fraction of max|x| of a
+#: segment's first value belong to that segment in the backward (as jump_rtol in tv2d.cu).
+FUSE_RTOL = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-9}
 
 
 def prox_tv(
@@ -254,7 +257,8 @@ def prox_tv_vjp(
     gv = _to_volumes(g, tv_axes, compute, xp)
     lam_v = [_lam_to_volumes(lam_i, tv_axes) for lam_i in lams]
     run = _dykstra(xv, lam_v, max_iter=max_iter, tol=tol, n_target=n_target, keep_history=True)
-    adj, grad_w = _dykstra_backward(gv, lam_v, run)
+    scale = float(xp.where(xp.isfinite(xv), xp.abs(xv), 0).max())  # non-finite volumes: NaN anyway
+    adj, grad_w = _dykstra_backward(gv, lam_v, run, scale)
     # Volumes without an output (non-finite input, or a replayed count of 0) get NaN gradients.
     no_output = xp.asarray(run.n_iter == 0)
     grad_xv = xp.where(no_output.reshape((-1,) + (1,) * m), xp.nan, adj)
@@ -343,12 +347,17 @@ def _dykstra(xv, lam_v, *, max_iter, tol, n_target, keep_history) -> _DykstraRun
     return _DykstraRun(y_out, n_iter, gap, history)
 
 
-def _dykstra_backward(gv, lam_v, run: _DykstraRun):
+def _dykstra_backward(gv, lam_v, run: _DykstraRun, scale: float):
     """The adjoint recursion of :func:`prox_tv_vjp`: (sum_i a_i^0 (B, *vol), [grad lam_i (B,)]).
 
     Adjoints live on the full batch; iteration k reads and writes only its active volumes.
+    ``scale`` = max|x|: the iterates' 1D solutions are segments up to rounding noise, so values
+    within FUSE_RTOL * scale of a segment's first value belong to it (cuda_src/tv2d.cu's
+    jump_rtol, for the same reason: around zero-mean solutions exact equality saw every sample
+    as its own segment, and the gradient was several times off).
     """
     xp = _array_module(gv, "g")
+    fuse_atol = FUSE_RTOL[np.dtype(gv.dtype)] * scale
     m = len(lam_v)
     n_vol = gv.shape[0]
     per_volume = (-1,) + (1,) * m
@@ -364,7 +373,9 @@ def _dykstra_backward(gv, lam_v, run: _DykstraRun):
         y_bar = sum(a) + xp.where(ends, gv if full else gv[idx], 0)
         for i in range(m):
             p_bar = y_bar / m - a[i]
-            gz, gw = prox_tv1d_vjp(p_bar, p[i], m * lam_v[i][active], axis=1 + i)
+            gz, gw = prox_tv1d_vjp(
+                p_bar, p[i], m * lam_v[i][active], axis=1 + i, fuse_atol=fuse_atol
+            )
             a[i] = a[i] + gz
             contribution = m * gw.reshape(-1).astype(_F64)
             if full:

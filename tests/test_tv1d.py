@@ -407,3 +407,18 @@ def test_staged_and_unstaged_kernels_agree_bit_for_bit(rng, kernel, dtype):
                 results.append(y)
             np.testing.assert_array_equal(results[0], results[1], err_msg=f"{n=} {fibers=}")
             assert_kkt(x, results[0], lam.astype(dtype), tolerance(x, dtype))
+
+
+def test_vjp_fuse_atol_joins_noisy_segments(xp):
+    # Outputs of iterative solvers carry rounding noise inside segments; fuse_atol joins them.
+    y = np.repeat([0.5, -1.0, 2.0], 4) + 1e-13 * np.arange(12)
+    g = np.arange(12.0)
+    clean = np.repeat([0.5, -1.0, 2.0], 4)
+    want = cupytv.prox_tv1d_vjp(xp.asarray(g), xp.asarray(clean), 0.3)
+    got = cupytv.prox_tv1d_vjp(xp.asarray(g), xp.asarray(y), 0.3, fuse_atol=1e-9)
+    split = cupytv.prox_tv1d_vjp(xp.asarray(g), xp.asarray(y), 0.3)
+    np.testing.assert_array_equal(host_array(got[0]), host_array(want[0]))
+    assert float(host_array(got[1])) == float(host_array(want[1]))
+    assert not np.array_equal(host_array(split[0]), host_array(want[0]))
+    with pytest.raises(ValueError, match="fuse_atol: expected a finite number >= 0"):
+        cupytv.prox_tv1d_vjp(xp.asarray(g), xp.asarray(y), 0.3, fuse_atol=-1.0)

@@ -26,7 +26,7 @@ import scipy.sparse as sp
 from scipy.optimize import lsq_linear
 
 import cupytv
-from cupytv import ProxInfo, reference
+from cupytv import ProxInfo, reference, tvnd
 from cupytv._validation import host_array
 from cupytv.tvnd import prox_tv, prox_tv_vjp
 
@@ -448,7 +448,21 @@ def test_vjp_converges_to_the_exact_2d_gradient(xp, rng):
         assert float(host_array(a)) == pytest.approx(float(b), rel=1e-8, abs=1e-9)
 
 
-def test_vjp_axes_anywhere_and_float32(xp, rng):
+def test_vjp_near_a_zero_solution(xp):
+    # A checkerboard's prox is (nearly) its mean, 0: the iterates' 1D solutions hold segments
+    # whose values differ by rounding noise, which exact equality split into single samples (the
+    # gradient was 2.5 off, the lam gradients 4x). The backward fuses within 1e-9 of max|x|.
+    r, c = np.mgrid[0:16, 0:12]
+    x = np.where((r + c) % 2 == 0, 1.0, -1.0)[None]
+    g = np.random.default_rng(5).standard_normal(x.shape)
+    gx, gl = prox_tv_vjp(xp.asarray(g), xp.asarray(x), (0.5, 0.3, 0.2), axes=(0, 1, 2), n_iter=300)
+    gx_ref, gl_ref = reference.prox_tv2d_vjp(x[0], (0.3, 0.2), g[0])
+    np.testing.assert_allclose(host_array(gx)[0], gx_ref, atol=1e-9)
+    for a, b in zip(gl[1:], gl_ref, strict=True):
+        assert float(host_array(a)) == pytest.approx(float(b), abs=1e-9)
+
+
+def test_vjp_axes_anywhere_and_float32(xp, rng, monkeypatch):
     # TV axes (0, 3, 2), batch axis 1: the same gradients as the volumes laid out first.
     x = rng.standard_normal((3, 2, 4, 3))
     g = rng.standard_normal(x.shape)
@@ -458,8 +472,12 @@ def test_vjp_axes_anywhere_and_float32(xp, rng):
     gx_m, gl_m = prox_tv_vjp(xp.asarray(g_moved), xp.asarray(moved), 0.4, (1, 2, 3), tol=1e-5)
     np.testing.assert_array_equal(np.transpose(host_array(gx), (1, 0, 3, 2)), host_array(gx_m))
     np.testing.assert_allclose(host_array(gl), host_array(gl_m), rtol=REORDER_RTOL)
-    # float32: the same map up to float32 rounding (same counts replayed).
+    # float32: the same map up to float32 rounding (same counts replayed), with the backward's
+    # segment fusing at float32's threshold in both (else a near-tie between the two thresholds
+    # is one segment in float32 and two in float64).
     _, info = run(xp, x, 0.4, (0, 3, 2), tol=1e-5)
+    monkeypatch.setitem(tvnd.FUSE_RTOL, np.dtype(np.float64), tvnd.FUSE_RTOL[np.dtype(np.float32)])
+    gx, _ = prox_tv_vjp(xp.asarray(g), xp.asarray(x), 0.4, (0, 3, 2), n_iter=info.n_iter)
     gx32, gl32 = prox_tv_vjp(
         xp.asarray(g.astype(np.float32)),
         xp.asarray(x.astype(np.float32)),
