@@ -6,7 +6,8 @@
 # in order of value (a lease that runs out loses the last ones):
 #   1. the GPU, driver and tool versions;
 #   2. the `gpu` tests (slow ones included; the host tests run in CI) bar torch.compile's
-#      inductor case (a minute of Triton code generation that tests nothing of ours);
+#      inductor case (a minute of Triton code generation that tests nothing of ours), then
+#      `python -m cupytv check --backend cuda --quick` (its table goes to pytest.log);
 #   3. the GPU benchmarks in --quick mode: bench_torch, bench_tv2d, bench_tv1d (each takes
 #      --quick and --json PATH; bench_host_executor measures the CPU only and is left out);
 #   4. compute-sanitizer memcheck and racecheck over the GPU cases of every kernel's test module
@@ -26,11 +27,13 @@ export CUPYTV_CACHE_DIR="${CUPYTV_CACHE_DIR:-$(mktemp -d)}"
 python=python3
 steps="$(mktemp)"
 
-# Per-step limits in seconds: pytest 160 + benchmarks 40 + 120 + 60 + sanitizers 2 x 60 = 500 s
+# Per-step limits in seconds: pytest 150 + check 30 + benchmarks 40 + 120 + 60 + sanitizers
+# 2 x 60 = 520 s
 # at the very most, inside the device tool's 600 s per command with room for start-up. First H100
 # run (2026-11-26): pytest 128 s, bench_torch 12 s; bench_tv2d (80 s then) and bench_tv1d (50 s)
 # and the sanitizers (50 s) were cut short.
-PYTEST_LIMIT=160
+PYTEST_LIMIT=150
+CHECK_LIMIT=30
 SANITIZER_LIMIT=60
 declare -A BENCH_LIMIT=([bench_torch]=40 [bench_tv2d]=120 [bench_tv1d]=60)
 GPU_BENCHMARKS=(bench_torch bench_tv2d bench_tv1d)
@@ -56,6 +59,9 @@ sanitizer="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sa
 run_step pytest "$out/pytest.log" "$PYTEST_LIMIT" \
   "$python" -m pytest -ra -p no:cacheprovider -m gpu -k "not inductor" \
   --junitxml="$out/pytest.xml"
+
+# The user-facing validation table, every operator on CUDA against the exact reference.
+run_step check "$out/pytest.log" "$CHECK_LIMIT" "$python" -m cupytv check --backend cuda --quick
 
 # 3. Benchmarks, quick mode; their JSON reports are merged into one file.
 bench_dir="$(mktemp -d)"
