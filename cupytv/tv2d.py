@@ -21,7 +21,13 @@ from cupytv._validation import (
     split_lam_pair,
     unbroadcast,
 )
-from cupytv.tv1d import GUARD_MIN_N, _array_module, _check_out, _compute_dtype
+from cupytv.tv1d import (
+    GUARD_MIN_N,
+    _array_module,
+    _check_out,
+    _compute_dtype,
+    _scratch_per_fiber,
+)
 
 STEM = "tv2d"
 #: 2D methods: name -> momentum flag of the kernels (cuda_src/tv2d.cu). "auto" picks "accelerated".
@@ -465,10 +471,9 @@ def _grid(threads: int) -> tuple[int]:
 
 
 def _scratch(pb: _Problem):
-    """Condat's fallback workspace for fibers longer than GUARD_MIN_N (tv1d_solvers.cuh)."""
-    per = [
-        4 * (n + 1) * (_DOUBLE_BYTES // pb.compute.itemsize) if n > GUARD_MIN_N else 0
-        for n in (pb.w, pb.h)
-    ]
-    size = max(pb.slices * pb.h * per[0], pb.slices * pb.w * per[1])
+    """Condat's fallback workspace for fibers longer than GUARD_MIN_N (tv1d_solvers.cuh): the 1D
+    kernels' per-fiber size, for the rows and the columns sharing one buffer."""
+    rows = pb.slices * pb.h * _scratch_per_fiber("tv1d_condat", pb.w, pb.compute)
+    cols = pb.slices * pb.w * _scratch_per_fiber("tv1d_condat", pb.h, pb.compute)
+    size = max(rows, cols)
     return pb.xp.empty(max(1, size), dtype=pb.compute)

@@ -12,7 +12,6 @@ from torch import Tensor
 
 import cupytv
 from cupytv.torch._bridge import (
-    HALF_DTYPES,
     check_input,
     compute_dtype,
     from_array,
@@ -87,11 +86,8 @@ def prox_tv1d(x: Tensor, lam, axis: int = -1, *, method: str = "auto") -> Tensor
         tensor([0.5000, 0.5000, 2.5000, 2.5000], grad_fn=<CppNode_prox_tv1d>)
     """
     check_input(x)
-    lam_t = lam_tensor(lam, x)
-    if x.dtype in HALF_DTYPES:
-        cd = compute_dtype(x.dtype)
-        return _prox_tv1d(x.to(cd), lam_t.to(cd), axis, method).to(x.dtype)
-    return _prox_tv1d(x, lam_t.to(x.dtype), axis, method)
+    cd = compute_dtype(x.dtype)  # .to() of a tensor already in cd is the tensor itself
+    return _prox_tv1d(x.to(cd), lam_tensor(lam, x).to(cd), axis, method).to(x.dtype)
 
 
 class TV1d(TVLayer):

@@ -14,7 +14,6 @@ from torch import Tensor
 
 import cupytv
 from cupytv.torch._bridge import (
-    HALF_DTYPES,
     check_input,
     compute_dtype,
     from_array,
@@ -131,10 +130,11 @@ def prox_tv2d(
         lam0, lam1 = lam_tensor(lam[0], x, "lam[0]"), lam_tensor(lam[1], x, "lam[1]")
     else:
         lam0 = lam1 = lam_tensor(lam, x)
-    cd = compute_dtype(x.dtype)
-    xc = x.to(cd) if x.dtype in HALF_DTYPES else x
-    y, n_iter = _prox_tv2d(xc, lam0.to(cd), lam1.to(cd), [int(a) for a in axes], int(max_iter),
-                           float(tol), method)  # fmt: skip
+    cd = compute_dtype(x.dtype)  # .to() of a tensor already in cd is the tensor itself
+    axes_list = [int(a) for a in axes]
+    y, n_iter = _prox_tv2d(
+        x.to(cd), lam0.to(cd), lam1.to(cd), axes_list, int(max_iter), float(tol), method
+    )
     y = y.to(x.dtype)
     return (y, n_iter) if return_n_iter else y
 

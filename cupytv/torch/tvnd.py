@@ -12,7 +12,6 @@ from torch import Tensor
 
 import cupytv
 from cupytv.torch._bridge import (
-    HALF_DTYPES,
     check_input,
     compute_dtype,
     from_array,
@@ -111,9 +110,8 @@ def prox_tv(x: Tensor, lam, axes, *, max_iter: int = DEFAULT_MAX_ITER, tol: floa
         lams = [lam_tensor(v, x, f"lam[{i}]") for i, v in enumerate(lam)]
     else:
         lams = [lam_tensor(lam, x)] * len(axes_t)
-    cd = compute_dtype(x.dtype)
-    xc = x.to(cd) if x.dtype in HALF_DTYPES else x
-    y, _ = _prox_tvnd(xc, [v.to(cd) for v in lams], [int(a) for a in axes_t], int(max_iter),
+    cd = compute_dtype(x.dtype)  # .to() of a tensor already in cd is the tensor itself
+    y, _ = _prox_tvnd(x.to(cd), [v.to(cd) for v in lams], [int(a) for a in axes_t], int(max_iter),
                       float(tol))  # fmt: skip
     return y.to(x.dtype)
 
