@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if (ROOT / "pyproject.toml").is_file():  # a checkout: its cupytv (installed: the wheel's)
+    sys.path.insert(0, str(ROOT))
 
 from cupytv import _loader  # noqa: E402
 from cupytv._host import HostModule  # noqa: E402

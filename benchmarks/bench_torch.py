@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if (ROOT / "pyproject.toml").is_file():  # a checkout: its cupytv (installed: the wheel's)
+    sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_tv1d import QUICK_REPS, REPS, cpu_model  # noqa: E402

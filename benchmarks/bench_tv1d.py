@@ -56,7 +56,8 @@ from typing import NamedTuple
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if (ROOT / "pyproject.toml").is_file():  # a checkout: its cupytv (installed: the wheel's)
+    sys.path.insert(0, str(ROOT))
 
 import cupytv  # noqa: E402
 from cupytv import _loader  # noqa: E402
@@ -190,15 +191,12 @@ def optional_import(module: str, distribution: str):
 
 
 def usable_gpu():
-    """CuPy, when it imports and can run a kernel on a device; else None."""
-    try:
-        import cupy
+    """CuPy, when it imports and can run a kernel on a device; else None (saying why)."""
+    from cupytv._device import gpu_unavailable_reason, usable_cupy
 
-        cupy.cuda.runtime.getDeviceCount()
-        cupy.arange(4).sum().item()
-    except Exception as exc:  # no CuPy, no driver, no device: all mean "no GPU rows"
-        print(f"note: no usable GPU ({type(exc).__name__}: {str(exc)[:80]}); GPU rows skipped")
-        return None
+    cupy = usable_cupy()
+    if cupy is None:
+        print(f"note: no usable GPU ({gpu_unavailable_reason()}); GPU rows skipped")
     return cupy
 
 

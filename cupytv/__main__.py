@@ -5,17 +5,40 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .demo import DEFAULT_LAM_1D, DEFAULT_LAMS, DEFAULT_MAX_SIDE, DEFAULT_SIGMA
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="cupytv", description="Fast, differentiable total-variation proximal operators."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="filter a built-in signal and image, save a PNG figure")
+    demo = sub.add_parser(
+        "demo",
+        help="filter a photo and a 1D signal with TV at several weights, save one PNG figure",
+        description="Adds Gaussian noise to a photo (the bundled one, or --image), filters it "
+        "with 2D TV-Smooth at each --lam, shows TV-Sharp of the photo, and a 1D signal; writes "
+        "cupytv_demo.png. Runs on the GPU when CuPy can use one, else on the CPU.",
+    )
+    demo.add_argument("--image", type=Path, help="an image file (default: the bundled photo)")
+    demo.add_argument(
+        "--lam", type=float, nargs="+", default=list(DEFAULT_LAMS), metavar="LAM",
+        help="2D weights, for an image in [0, 1] (default: %(default)s)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--lam-1d", type=float, default=DEFAULT_LAM_1D,
+        help="weight of the 1D example (default: %(default)s)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--sigma", type=float, default=DEFAULT_SIGMA,
+        help="noise added to the image, on a [0, 1] scale; 0 filters it as is "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--max-side", type=int, default=DEFAULT_MAX_SIDE,
+        help="block-average a larger image down to this side first (default: %(default)s)",
+    )  # fmt: skip
     demo.add_argument("--out", type=Path, default=Path("."), help="output folder (default: .)")
-    demo.add_argument("--lam-1d", type=float, default=0.5, help="1D weight (default: 0.5)")
-    demo.add_argument("--lam-2d", type=float, default=0.08, help="2D weight (default: 0.08)")
-    demo.add_argument("--size", type=int, default=96, help="image side in pixels (default: 96)")
     check = sub.add_parser(
         "check", help="every operator on every backend against the exact reference (a table)"
     )
@@ -24,17 +47,36 @@ def main(argv: list[str] | None = None) -> int:
         help="host executor, CUDA through CuPy, or both where available (default: all)",
     )  # fmt: skip
     check.add_argument("--quick", action="store_true", help="smaller inputs (seconds)")
+    bench = sub.add_parser(
+        "bench",
+        help="run the benchmark suites (tables on screen, JSON to --out)",
+        description="Runs benchmarks/bench_<suite>.py one after another and prints their tables. "
+        "A full run takes tens of minutes on a CPU, --quick a few.",
+    )
+    bench.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
+    bench.add_argument(
+        "--suite", nargs="+", metavar="NAME",
+        help="only these suites (tv1d, tv2d, torch, host_executor; default: all)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--out", type=Path, default=Path("cupytv_bench"),
+        help="folder for the JSON results (default: ./cupytv_bench)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     if args.command == "demo":
         from .demo import run
 
-        run(args.out, lam_1d=args.lam_1d, lam_2d=args.lam_2d, size=args.size)
+        run(args.out, args.image, tuple(args.lam), args.lam_1d, args.sigma, args.max_side)
     elif args.command == "check":
         from .check import run
 
         rows = run(args.backend, quick=args.quick)
         return 0 if all(r.ok for r in rows) else 1
+    elif args.command == "bench":
+        from .bench import run
+
+        return run(args.suite, args.quick, args.out)
     return 0
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import reference, testing
+from ._device import gpu_unavailable_reason, usable_cupy
 from ._validation import host_array
 
 #: Per dtype: exact solvers, iterative solvers and gradients (relative to 1 + max|x|). Measured
@@ -90,7 +91,11 @@ def cases(quick: bool) -> list[Case]:
     ref2 = reference.prox_tv2d(x2, lam2)
     ref1_vjp = reference.prox_tv1d_vjp(x1, lam1, g1)
     ref2_vjp = reference.prox_tv2d_vjp(x2, lam2, g2)
+    g3 = rng.standard_normal(x3.shape)
     ref3 = np.stack([reference.prox_tv2d(v[0], lam2)[None] for v in x3])
+    ref3_vjp = np.stack(
+        [reference.prox_tv2d_vjp(v[0], lam2, h[0])[0][None] for v, h in zip(x3, g3, strict=True)]
+    )
     out = []
     for dtype in (np.float64, np.float32):
 
@@ -134,7 +139,14 @@ def cases(quick: bool) -> list[Case]:
             )
             return _err(y, ref3, x3), ITERATIVE_TOL[dtype]
 
+        def run3_vjp(xp, dtype=dtype, to=to):
+            gx, _ = cupytv.prox_tv_vjp(
+                to(xp, g3), to(xp, x3), (0.7, *lam2), axes=(1, 2, 3), n_iter=CONVERGED_ITERS
+            )  # fmt: skip
+            return _err(gx, ref3_vjp, g3), GRADIENT_TOL[dtype]
+
         out.append(Case("prox_tv 3 axes", dtype, x3.shape, run3))
+        out.append(Case("prox_tv_vjp 3 axes", dtype, x3.shape, run3_vjp))
     return out
 
 
@@ -142,17 +154,13 @@ def backends(choice: str) -> list[tuple[str, object]]:
     """(name, array module) for ``host``, ``cuda`` or ``all`` (cuda only where CuPy can run)."""
     chosen = [("host", np)] if choice in ("host", "all") else []
     if choice in ("cuda", "all"):
-        try:
-            import cupy
-
-            (cupy.arange(2) * 2).sum().item()
+        cupy, reason = usable_cupy(), gpu_unavailable_reason()
+        if cupy is not None:
             chosen.append(("cuda", cupy))
-        except Exception as exc:  # no CuPy, no device, no driver: say so
-            if choice == "cuda":
-                raise SystemExit(
-                    f"check: no usable CUDA backend ({type(exc).__name__}: {exc})"
-                ) from exc
-            print(f"note: cuda backend skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
+        elif choice == "cuda":
+            raise SystemExit(f"check: no usable CUDA backend ({reason})")
+        else:
+            print(f"note: cuda backend skipped ({reason})", file=sys.stderr)
     return chosen
 
 

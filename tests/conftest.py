@@ -2,30 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 
-
-@functools.cache
-def gpu_unavailable_reason() -> str | None:
-    """Why CuPy cannot run kernels here, or None when it can.
-
-    Importing CuPy is not enough (it imports on machines without a driver); a device must be
-    counted and a tiny kernel must actually run.
-    """
-    try:
-        import cupy
-    except ImportError as exc:  # CuPy is an optional extra
-        return f"CuPy is not installed ({exc})"
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            return "CuPy sees no CUDA device"
-        (cupy.arange(4) * 2).sum().item()
-    except Exception as exc:  # any driver/runtime failure means: no usable GPU
-        return f"no usable CUDA device ({type(exc).__name__}: {exc})"
-    return None
+from cupytv._device import gpu_unavailable_reason
 
 
 def pytest_collection_modifyitems(config, items):

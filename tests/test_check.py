@@ -12,9 +12,9 @@ def test_check_passes_on_the_host(capsys):
     assert main(["check", "--backend", "host", "--quick"]) == 0
     out = capsys.readouterr().out
     for operator in ("prox_tv1d condat", "prox_tv1d_vjp", "prox_tv2d accelerated",
-                     "prox_tv2d_vjp dykstra", "prox_tv 3 axes"):  # fmt: skip
+                     "prox_tv2d_vjp dykstra", "prox_tv 3 axes", "prox_tv_vjp 3 axes"):  # fmt: skip
         assert operator in out
-    assert "18 passed, 0 failed" in out
+    assert "20 passed, 0 failed" in out
     assert "FAIL" not in out
 
 
