@@ -16,4 +16,22 @@ __device__ __forceinline__ index_t block_start_x() {
   return static_cast<index_t>(blockIdx.x) * static_cast<index_t>(blockDim.x);
 }
 
+// Per-type constants: machine epsilon (2 x the unit roundoff), the largest finite value, a quiet
+// NaN (through bit patterns: NVRTC has no <limits>, and 0.0 / 0.0 is folded differently by
+// compilers).
+template <typename T>
+struct Limits;
+template <>
+struct Limits<float> {
+  static constexpr double eps = 1.1920928955078125e-7;  // 2^-23
+  static constexpr float max_finite = 3.402823466e38f;
+  __device__ static float nan() { return __int_as_float(0x7fc00000); }
+};
+template <>
+struct Limits<double> {
+  static constexpr double eps = 2.220446049250313e-16;  // 2^-52
+  static constexpr double max_finite = 1.7976931348623157e308;
+  __device__ static double nan() { return __longlong_as_double(0x7ff8000000000000LL); }
+};
+
 }  // namespace cupytv

@@ -117,21 +117,6 @@ constexpr double GAP_TOL_FACTOR = 1.0;
 // Step of the fallback projected gradient step: 1 / ||D D^T||, ||D D^T|| < 4.
 constexpr double GRADIENT_STEP = 0.25;
 
-template <typename T>
-struct Limits;
-template <>
-struct Limits<float> {
-  static constexpr double eps = 1.1920928955078125e-7;  // 2^-23
-  static constexpr float max_finite = 3.402823466e38f;
-  __device__ static float nan() { return __int_as_float(0x7fc00000); }
-};
-template <>
-struct Limits<double> {
-  static constexpr double eps = 2.220446049250313e-16;  // 2^-52
-  static constexpr double max_finite = 1.7976931348623157e308;
-  __device__ static double nan() { return __longlong_as_double(0x7ff8000000000000LL); }
-};
-
 // A fiber (or scratch plane) read with a stride: element k is p[k * stride].
 template <typename T>
 struct Strided {

@@ -23,7 +23,8 @@
 //
 // Stopping rule: a certified duality gap. X - Z = uA + uB, with uA = X - W and uB = W - Z exact
 // residuals of 1D proxes, hence feasible dual points, so
-//   gap(Z) = lam1 TV_rows(Z) + lam0 TV_cols(Z) - <Z, X - Z>  >=  F(Z) - F(Y*)  >=  0.
+//   gap(Z) = lam1 TV_rows(Z) + lam0 TV_cols(Z) - <Z, X - Z>  >=  F(Z) - F(Y*)  >=  0,
+// plus a slack for the rounding of the stored W and Z (row_gap), so that it stays an upper bound.
 // A slice stops at the first t with gap(Z_t) <= tol * F(Z_t) (relative objective gap at most
 // tol / (1 - tol)) or at t = max_iter; tol = 0 runs exactly max_iter iterations. Both sums are taken in double, per row, then over rows in
 // row order, so every executor and both paths below decide identically. n_iter[s] = iterations
@@ -222,20 +223,29 @@ __device__ __forceinline__ double momentum_of(int momentum, int t) {
 // Row r's terms of gap(Z) and F(Z); reads row r + 1 of Z too. x: row r of X (global, stride 1).
 template <typename T>
 __device__ __forceinline__ void row_gap(const T* x, const T* Z, index_t ld, index_t h, index_t w,
-                                        index_t r, double lam0, double lam1, double* gap,
-                                        double* obj) {
+                                        index_t r, double lam0, double lam1, double shift,
+                                        double* gap, double* obj) {
   const T* z = Z + r * ld;
   const bool below = r + 1 < h;
-  double tv = 0.0, inner = 0.0, fit = 0.0;
+  double tv = 0.0, inner = 0.0, fit = 0.0, scale = 0.0;
   for (index_t k = 0; k < w; ++k) {
     const double zk = static_cast<double>(z[k]);
     const double res = static_cast<double>(x[k]) - zk;
     if (k + 1 < w) tv += lam1 * fabs(static_cast<double>(z[k + 1]) - zk);
     if (below) tv += lam0 * fabs(static_cast<double>(z[ld + k]) - zk);
-    inner += zk * res;
+    inner += (zk - shift) * res;
     fit += res * res;
+    if (res != 0.0) scale += fabs(zk - shift) * (fabs(static_cast<double>(x[k])) + fabs(zk));
   }
-  *gap = tv - inner;
+  // X - Z is a feasible dual point D^T u only up to the rounding of the stored W and Z (T's
+  // precision), so the inner product is off by up to about eps(T) sum |z - shift| (|x| + |z|)
+  // (measured: at most 0.15 of that on adversarial float32 images). Adding that slack keeps the
+  // gap an upper bound: without it float32 gaps came out negative and stopped solves early (a
+  // true gap of 3.5e-7 reported as -1.9e-7). Any constant shift leaves the exact gap unchanged
+  // (<1, D^T u> = 0); the slice's first value x[0, 0] takes out an image's offset, which would
+  // otherwise dominate the slack (1000 + 50 * photo in float32: no 1e-3 certificate at all).
+  // Samples with z == x add none: lam = 0 and constant slices (exact, F = 0) still stop at once.
+  *gap = tv - inner + cupytv::Limits<T>::eps * scale;
   *obj = 0.5 * fit + tv;
 }
 
@@ -471,7 +481,8 @@ __global__ void tv2d_solve(const T* __restrict__ x, T* __restrict__ z, const T* 
   __shared__ int stop;
   for (int t = 0; finite; ++t) {
     double g = 0.0, o = 0.0;
-    if (k < h) tv2d::row_gap(xs + k * w, f.Z, tile.ld, h, w, k, l0, l1, &g, &o);
+    if (k < h)
+      tv2d::row_gap(xs + k * w, f.Z, tile.ld, h, w, k, l0, l1, static_cast<double>(xs[0]), &g, &o);
     tile.part[k] = g;
     tile.part[blockDim.x + k] = o;
     __syncthreads();
@@ -608,8 +619,8 @@ __global__ void __launch_bounds__(TV2D_BLOCK)
   if (!tv2d::fiber_of(slices, h, &s, &r) || state[s] != TV2D_ACTIVE) return;
   const cupytv::index_t base = s * h * w;
   tv2d::row_gap(x + base + r * w, z + base, w, h, w, r, static_cast<double>(lam0[s * lam_stride]),
-                static_cast<double>(lam1[s * lam_stride]), row_gap + s * h + r,
-                row_obj + s * h + r);
+                static_cast<double>(lam1[s * lam_stride]), static_cast<double>(x[base]),
+                row_gap + s * h + r, row_obj + s * h + r);
 }
 
 // One thread per slice: sum the rows' terms in row order and decide (the fused path's rule).

@@ -4,21 +4,25 @@
 (CPU, through the host executor) or CuPy arrays (GPU); ``cupytv.prox_tv2d`` /
 ``cupytv.prox_tv2d_vjp`` the same for 2D slices (proximal Dykstra); ``cupytv.prox_tv`` /
 ``cupytv.prox_tv_vjp`` for any number of axes. ``cupytv.reference`` holds the exact CPU solvers
-every kernel is validated against.
+every kernel is validated against. ``cupytv.usable_cupy()`` returns CuPy when it can run
+kernels here (else None, and ``cupytv.gpu_unavailable_reason()`` says why).
 """
 
+from cupytv._device import gpu_unavailable_reason, usable_cupy
 from cupytv.tv1d import prox_tv1d, prox_tv1d_vjp
 from cupytv.tv2d import ProxInfo, prox_tv2d, prox_tv2d_vjp
 from cupytv.tvnd import prox_tv, prox_tv_vjp
 
 __all__ = [
     "ProxInfo",
+    "gpu_unavailable_reason",
     "prox_tv",
     "prox_tv1d",
     "prox_tv1d_vjp",
     "prox_tv2d",
     "prox_tv2d_vjp",
     "prox_tv_vjp",
+    "usable_cupy",
 ]
 
 __version__ = "0.1.0"

@@ -198,9 +198,31 @@ def prox_tv1d_vjp(g, y, lam, axis: int = -1, *, fuse_atol: float = 0.0):
             np.float64(fuse_atol),
         ),
     )
+    if np.any(lam_b == 0):
+        grad_x, grad_fiber = _identity_vjp(gc, yc, grad_x, grad_fiber, lam_b, (outer, n, inner), xp)
     # xp.asarray: NumPy reductions to 0-d return scalars; the contract is an array of lam's shape.
     grad_lam = xp.asarray(unbroadcast(grad_fiber.reshape(lam_b.shape), lam_shape))
     return grad_x.astype(dtype, copy=False), grad_lam.astype(dtype, copy=False)
+
+
+def _identity_vjp(g, y, grad_x, grad_fiber, lam_b, view, xp):
+    """The VJP on fibers with lam == 0, where the prox is the identity.
+
+    The kernel sees only y, so equal neighbours form a segment and g is averaged over it (the
+    derivative for lam > 0); at lam == 0 every sample is its own segment: grad_x = g, and grad_lam
+    keeps the steps' signs (the one-sided derivative at 0+, as cupytv.reference does). Fibers
+    holding NaN keep the kernel's NaN gradients.
+    """
+    outer, _, inner = view
+    gv, yv = g.reshape(view), y.reshape(view)
+    steps = xp.sign(xp.diff(yv, axis=1))
+    edge = xp.zeros((outer, 1, inner), dtype=steps.dtype)
+    turn = xp.concatenate([steps, edge], axis=1) - xp.concatenate([edge, steps], axis=1)
+    zero = xp.asarray(np.ascontiguousarray(lam_b == 0).reshape(outer, 1, inner))
+    zero &= xp.isfinite(yv).all(axis=1, keepdims=True)
+    grad_x = xp.where(zero, gv, grad_x.reshape(view)).reshape(grad_x.shape)
+    grad_fiber = xp.where(zero.reshape(-1), (turn * gv).sum(axis=1).reshape(-1), grad_fiber)
+    return grad_x, grad_fiber
 
 
 def _launch_forward(kernel: str, xc, y, lam_b, view, staged: bool) -> None:

@@ -63,8 +63,9 @@ class ProxInfo:
 
     Attributes:
         n_iter: int32, the Dykstra iterations run (pass it to :func:`prox_tv2d_vjp`).
-        gap: float64, the relative duality gap gap(y) / F(y) of the returned slice, an upper
-            bound on its relative objective gap (F(y) - F*) / F*; NaN for non-finite input.
+        gap: float64, the relative duality gap gap(y) / F(y) of the returned slice. It bounds
+            (F(y) - F*) / F(y), so the relative objective gap (F(y) - F*) / F* is at most
+            gap / (1 - gap) (1.001e-3 for gap = 1e-3); NaN for non-finite input.
         converged: bool, ``gap <= tol``.
     """
 
@@ -109,7 +110,7 @@ def prox_tv2d(
     ``"dykstra"``      Proximal Dykstra, the seed's method.
     =================  ==========================================================================
 
-    Accuracy of the defaults (``tol=1e-3``): a relative objective gap of at most 1e-3 for every
+    Accuracy of the defaults (``tol=1e-3``): a relative objective gap of at most 1.001e-3 for every
     slice that converged (``info.converged``); natural and noisy piecewise-constant images need
     about 10-15 accelerated iterations (15-25 with Dykstra). ``tol=1e-6`` takes about 50
     accelerated iterations (hundreds with Dykstra); float32 cannot certify much below ~1e-6 (the

@@ -403,7 +403,12 @@ def _relative_gap(y, u_sum, lam_a, xp) -> np.ndarray:
         for i, lam_i in enumerate(lam_a)
     )
     centered = y64 - y64.mean(axis=vol_axes, keepdims=True)
-    gap = xp.maximum(tv - (centered * u_sum).sum(axis=vol_axes), 0.0)
+    # The 1D proxes' outputs are rounded to y's dtype, so u_sum is a feasible dual point only up
+    # to about eps * |y| per element: the slack keeps the gap an upper bound (as in tv2d.cu).
+    # Elements with u_sum == 0 (y == x: lam = 0, constant volumes) are exact and add none.
+    eps = float(np.finfo(y.dtype).eps)
+    slack = eps * xp.where(u_sum != 0, xp.abs(centered) * (xp.abs(centered) + xp.abs(u_sum)), 0.0)
+    gap = xp.maximum(tv - (centered * u_sum).sum(axis=vol_axes) + slack.sum(axis=vol_axes), 0.0)
     objective = 0.5 * (u_sum * u_sum).sum(axis=vol_axes) + tv
     positive = objective > 0
     # F == 0 means y == x with no TV: solved exactly (gap 0 then, by the clamp above or not).

@@ -316,6 +316,26 @@ def test_vjp_matches_central_differences(xp, rng):
         np.testing.assert_allclose(host_array(gl)[row, 0], fd_lam, rtol=1e-6, atol=1e-8)
 
 
+def test_vjp_at_lam_zero_is_the_identity_even_on_ties(xp):
+    # lam == 0: the prox is the identity, so grad_x = g even where neighbours are equal (the
+    # kernel alone would average g over a run of equal values: the lam > 0 derivative). Mixed
+    # per-fiber lam and a NaN fiber: each fiber keeps its own rule, as the reference does.
+    x = np.array([[3.25, 3.25, 1.0, 1.0], [3.25, 3.25, 1.0, 1.0], [np.nan, 1.0, 1.0, 2.0]])
+    lam = np.array([[0.0], [0.5], [0.0]])
+    g = np.array([[1.0, 2.0, 3.0, 4.0]] * 3)
+    gx, gl = cupytv.prox_tv1d_vjp(
+        xp.asarray(g), cupytv.prox_tv1d(xp.asarray(x), xp.asarray(lam)), xp.asarray(lam)
+    )
+    gx, gl = host_array(gx), host_array(gl)
+    for row in range(2):
+        want_x, want_lam = reference.prox_tv1d_vjp(x[row], float(lam[row, 0]), g[row])
+        np.testing.assert_array_equal(gx[row], want_x)
+        np.testing.assert_allclose(gl[row, 0], want_lam, atol=1e-15)
+    np.testing.assert_array_equal(gx[0], g[0])
+    assert np.isnan(gx[2]).all()
+    assert np.isnan(gl[2, 0])
+
+
 def test_vjp_every_axis_and_scalar_lam(xp, rng):
     x = rng.standard_normal((3, 20, 4, 5))
     g = rng.standard_normal(x.shape)

@@ -140,6 +140,42 @@ def test_tiny_tol_reaches_1e6_relative_gap(xp, rng, method):
     assert bool(host_array(info.converged))
 
 
+@METHODS
+def test_float32_certificate_stays_an_upper_bound(xp, method):
+    # The certificate's inner product is off by the float32 rounding of the stored iterates;
+    # without a slack for it a float32 gap came out negative (-1.9e-7 against a true 3.5e-7 on
+    # this square) and the solve stopped early, 1.2e-4 off the optimum. Now the reported gap
+    # bounds the true (F(y) - F*) / F(y) at every iteration count, and a tolerance below what
+    # float32 can certify runs to max_iter, saying it did not converge.
+    rng = np.random.default_rng(4)
+    for name, img in images_2d(16, 16, rng).items():
+        x = img.astype(np.float32)
+        lam = (0.02, 0.003)
+        f_star = objective(ref.prox_tv2d(x.astype(np.float64), lam), x, *lam)
+        for k in (1, 3, 10, 40):
+            y, info = prox_tv2d(to(xp, x, np.float32), lam, tol=0, max_iter=k, method=method,
+                                return_info=True)  # fmt: skip
+            f = objective(host_array(y), x, *lam)
+            true_gap = (f - f_star) / f if f > 0 else 0.0  # F = 0: a constant slice, exact
+            assert float(info.gap) >= true_gap - 1e-12, (name, k)
+    square = images_2d(16, 16, np.random.default_rng(4))["square"].astype(np.float32)
+    y, info = prox_tv2d(to(xp, square, np.float32), (0.02, 0.003), tol=1e-7, max_iter=300,
+                        method=method, return_info=True)  # fmt: skip
+    assert not bool(info.converged)
+    assert int(info.n_iter) == 300
+    assert_close_to_reference(y, square, 0.02, 0.003, float(info.gap), np.float32)
+
+
+@METHODS
+def test_float32_offset_images_converge_at_the_default_tol(xp, rng, method):
+    # A large offset must not swamp the certificate's rounding slack (it is measured from the
+    # slice's first value): 1000 + 50 * noisy photo certifies 1e-3 in a normal count.
+    x = (1000 + 50 * (0.5 + 0.1 * rng.standard_normal((2, 40, 40)))).astype(np.float32)
+    _, info = prox_tv2d(to(xp, x, np.float32), 5.0, method=method, return_info=True)
+    assert bool(np.all(host_array(info.converged)))
+    assert int(host_array(info.n_iter).max()) < 60
+
+
 def test_axis_order_does_not_change_the_solution(xp, rng):
     # Dykstra solves along axes[1] first; swapping the axes (and the pair) must converge to the
     # same prox.
