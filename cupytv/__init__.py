@@ -8,6 +8,7 @@ every kernel is validated against. ``cupytv.usable_cupy()`` returns CuPy when it
 kernels here (else None, and ``cupytv.gpu_unavailable_reason()`` says why).
 """
 
+from cupytv import data
 from cupytv._device import gpu_unavailable_reason, usable_cupy
 from cupytv.tv1d import prox_tv1d, prox_tv1d_vjp
 from cupytv.tv2d import ProxInfo, prox_tv2d, prox_tv2d_vjp
@@ -15,6 +16,7 @@ from cupytv.tvnd import prox_tv, prox_tv_vjp
 
 __all__ = [
     "ProxInfo",
+    "data",
     "gpu_unavailable_reason",
     "prox_tv",
     "prox_tv1d",

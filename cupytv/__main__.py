@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
     bench.add_argument(
         "--suite", nargs="+", metavar="NAME",
-        help="only these suites (tv1d, tv2d, torch, host_executor; default: all)",
+        help="only these suites (tv1d, tv2d, torch, host_executor, timing_table; default: all)",
     )  # fmt: skip
     bench.add_argument(
         "--out", type=Path, default=Path("cupytv_bench"),

@@ -1,6 +1,7 @@
 """``python -m cupytv bench``: run the benchmark suites and print their tables.
 
-The suites are the scripts ``benchmarks/bench_<name>.py`` of a checkout, shipped in the wheel as
+The suites are the scripts ``benchmarks/bench_<name>.py`` and ``benchmarks/timing_table.py`` (the
+seed's timing table against every installed peer) of a checkout, shipped in the wheel as
 ``cupytv/benchmarks``; each prints its own tables and writes JSON. They run one after another, each
 in its own process (they set thread counts and time with the machine to themselves), with their
 output streamed as it comes. Results go to ``--out`` (default ``./cupytv_bench``), never over the
@@ -14,8 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-#: Suites in the order they run: cheap and most asked-for first.
-ORDER = ("tv1d", "tv2d", "torch", "host_executor")
+#: Suites in the order they run: cheap and most asked-for first. ``timing_table`` is the
+#: seed's table against every peer (benchmarks/timing_table.py), slowest last.
+ORDER = ("tv1d", "tv2d", "torch", "host_executor", "timing_table")
+#: Suites that write several files take a folder rather than a JSON path.
+WRITES_A_FOLDER = ("timing_table",)
 
 
 def suite_dir() -> Path:
@@ -28,7 +32,8 @@ def suite_dir() -> Path:
 
 def suites() -> dict[str, Path]:
     """Every suite by name (``tv1d`` for ``bench_tv1d.py``), in run order."""
-    found = {p.stem.removeprefix("bench_"): p for p in suite_dir().glob("bench_*.py")}
+    scripts = [*suite_dir().glob("bench_*.py"), *suite_dir().glob("timing_table.py")]
+    found = {p.stem.removeprefix("bench_"): p for p in scripts}
     return {name: found[name] for name in sorted(found, key=_rank)}
 
 
@@ -48,14 +53,15 @@ def run(names: list[str] | None, quick: bool, out_dir: Path) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = []
     for i, name in enumerate(chosen, 1):
-        json_path = out_dir / f"bench_{name}.json"
-        argv = [sys.executable, str(available[name]), "--json", str(json_path)]
+        json_path = out_dir if name in WRITES_A_FOLDER else out_dir / f"bench_{name}.json"
+        output = "--out-dir" if name in WRITES_A_FOLDER else "--json"
+        argv = [sys.executable, str(available[name]), output, str(json_path)]
         argv += ["--quick"] if quick else []
         print(f"\n=== [{i}/{len(chosen)}] bench {name}: {' '.join(argv[1:])}", flush=True)
         start = time.perf_counter()
         code = subprocess.run(argv, check=False).returncode
         summary.append((name, code, time.perf_counter() - start, json_path))
-    print(f"\n{'suite':<15} {'result':<8} {'time s':>7}  JSON")
+    print(f"\n{'suite':<15} {'result':<8} {'time s':>7}  results")
     for name, code, seconds, json_path in summary:
         verdict = "ok" if code == 0 else f"exit {code}"
         print(f"{name:<15} {verdict:<8} {seconds:>7.1f}  {json_path}")

@@ -9,13 +9,15 @@
 #      inductor case (a minute of Triton code generation that tests nothing of ours), then
 #      `python -m cupytv check --backend cuda --quick` (its table goes to pytest.log);
 #   3. the GPU benchmarks in --quick mode: bench_torch, bench_tv2d, bench_tv1d (each takes
-#      --quick and --json PATH; bench_host_executor measures the CPU only and is left out);
+#      --quick and --json PATH; bench_host_executor measures the CPU only and is left out), then
+#      the seed's timing table's GPU rows at full size (timing_table.py --hardware gpu);
 #   4. compute-sanitizer memcheck and racecheck over the GPU cases of every kernel's test module
 #      (tests/test_<stem>.py for each cuda_src/<stem>.cu, without the slow ones).
-# Results go to $OUT when set, else benchmarks/results/ (7 files, no subfolders):
+# Results go to $OUT when set, else benchmarks/results/ (9 files, no subfolders):
 #   summary.json   versions, GPU, and each step's status and duration
 #   pytest.log, pytest.xml, memcheck.log, racecheck.log, benchmarks.log
 #   benchmarks.json  every benchmark's JSON report, keyed by benchmark name
+#   timing_table-gpu-<gpu>.json and .md  the seed's table, GPU rows (README reads them)
 # Exit status: 0 when every step passed, 1 otherwise (every step runs regardless).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,15 +29,16 @@ export CUPYTV_CACHE_DIR="${CUPYTV_CACHE_DIR:-$(mktemp -d)}"
 python=python3
 steps="$(mktemp)"
 
-# Per-step limits in seconds: pytest 150 + check 30 + benchmarks 40 + 120 + 60 + sanitizers
-# 2 x 60 = 520 s
+# Per-step limits in seconds: pytest 150 + check 30 + benchmarks 40 + 100 + 60 + timing table 60
+# + sanitizers 2 x 60 = 560 s
 # at the very most, inside the device tool's 600 s per command with room for start-up. First H100
 # run (2026-11-26): pytest 128 s, bench_torch 12 s; bench_tv2d (80 s then) and bench_tv1d (50 s)
 # and the sanitizers (50 s) were cut short.
 PYTEST_LIMIT=150
 CHECK_LIMIT=30
 SANITIZER_LIMIT=60
-declare -A BENCH_LIMIT=([bench_torch]=40 [bench_tv2d]=120 [bench_tv1d]=60)
+declare -A BENCH_LIMIT=([bench_torch]=40 [bench_tv2d]=100 [bench_tv1d]=60)
+TIMING_TABLE_LIMIT=60
 GPU_BENCHMARKS=(bench_torch bench_tv2d bench_tv1d)
 
 run_step() {  # run_step NAME LOGFILE LIMIT COMMAND... : records "name status seconds"
@@ -70,6 +73,11 @@ for name in "${GPU_BENCHMARKS[@]}"; do
   run_step "$name" "$out/benchmarks.log" "${BENCH_LIMIT[$name]}" \
     "$python" "benchmarks/$name.py" --quick --json "$bench_dir/$name.json"
 done
+
+# The seed's timing table, GPU rows only (the CPU rows and the peers are committed from CI's
+# machine), written next to the CPU table for the README.
+run_step timing_table "$out/benchmarks.log" "$TIMING_TABLE_LIMIT" \
+  "$python" benchmarks/timing_table.py --hardware gpu --out-dir "$out"
 
 # 4. compute-sanitizer over every kernel's GPU test cases.
 mapfile -t kernel_tests < <(for f in cuda_src/*.cu; do
