@@ -126,10 +126,10 @@ def render_timing() -> str:
         if path.stem.endswith(("-quick", "-tiny")):
             continue
         result = json.loads(path.read_text())
-        m = result["machine"]
+        m, md = result["machine"], path.with_suffix(".md").name
         lines.append(
             f"{m['cpu']} ({m['cores']} cores{', ' + m['gpu'] if m['gpu'] else ''}), "
-            f"{result['date'][:10]}, [`{path.name}`](benchmarks/results/{path.name}):"
+            f"{result['date'][:10]}, full tables: [`{md}`](benchmarks/results/{md}):"
         )
         lines.append("")
         lines.append(
