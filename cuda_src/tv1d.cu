@@ -38,7 +38,7 @@
 //       jump into / out of the segment (0 at the fiber ends): the derivative of
 //       y_S = mean_S(x) + lam (s_out - s_in) / |S| (see cupytv/reference/tv1d.py). grad_lam has
 //       one entry per fiber (o-major); the wrapper sums it down to lam's shape. A fiber whose y
-//       holds NaN gets all-NaN grad_x and a NaN grad_lam.
+//       holds NaN or +-Inf gets all-NaN grad_x and a NaN grad_lam.
 //
 // Output contract (the backward relies on it): every constant segment of y holds one value,
 // computed once and stored to each of its samples, so segments are runs of bit-identical values;
@@ -232,13 +232,15 @@ __device__ __forceinline__ T vjp_fiber(const T* yf, const T* gf, T* gx, index_t 
   index_t start = 0;
   while (start < n) {
     const T v = yf[start * s];
-    has_nan |= v != v;
+    has_nan |= !(fabs(static_cast<double>(v)) <= TV1D_DOUBLE_MAX);  // NaN or +-Inf
     double sum = static_cast<double>(gf[start * s]);
     index_t end = start + 1;
     T after = v;
     for (; end < n; ++end) {
       after = yf[end * s];
-      if (fabs(static_cast<double>(after) - static_cast<double>(v)) > tiny) break;
+      // Written so that NaN (and Inf - Inf) ends the segment: the next segment's start is then
+      // the non-finite sample, which the test above catches (a NaN inside a run was merged).
+      if (!(fabs(static_cast<double>(after) - static_cast<double>(v)) <= tiny)) break;
       sum += static_cast<double>(gf[end * s]);
     }
     const double mean = sum / static_cast<double>(end - start);

@@ -8,6 +8,17 @@ from pathlib import Path
 from .demo import DEFAULT_LAM_1D, DEFAULT_LAMS, DEFAULT_MAX_SIDE, DEFAULT_SIGMA
 
 
+def _positive_int(text: str) -> int:
+    """argparse type for --max-side: 0 divided by zero in the demo, a negative side was ignored."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="cupytv", description="Fast, differentiable total-variation proximal operators."
@@ -35,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         "(default: %(default)s)",
     )  # fmt: skip
     demo.add_argument(
-        "--max-side", type=int, default=DEFAULT_MAX_SIDE,
+        "--max-side", type=_positive_int, default=DEFAULT_MAX_SIDE,
         help="block-average a larger image down to this side first (default: %(default)s)",
     )  # fmt: skip
     demo.add_argument("--out", type=Path, default=Path("."), help="output folder (default: .)")
@@ -63,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         help="folder for the JSON results (default: ./cupytv_bench)",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    out = getattr(args, "out", None)
+    if out is not None and out.exists() and not out.is_dir():
+        # Checked before any work: mkdir/savefig failed on it with a traceback at the end.
+        parser.error(f"argument --out: expected a folder, got {str(out)!r} (an existing file)")
 
     if args.command == "demo":
         from .demo import run

@@ -6,6 +6,8 @@ reading our source. These helpers work on shapes and dtypes only; they never cop
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -58,6 +60,36 @@ def normalize_axis(axis, ndim: int, name: str = "axis") -> int:
     return int(axis) % ndim
 
 
+#: The most iterations a solve may run or a backward may replay: counts are int32 on the device
+#: (``ProxInfo.n_iter``), so a larger value would wrap around silently.
+MAX_ITERATIONS = 2**31 - 2
+
+
+def check_max_iter(max_iter, minimum: int = 0) -> int:
+    """Return ``max_iter`` as an int in ``[minimum, MAX_ITERATIONS]``, else raise.
+
+    bool is refused (``max_iter=True`` is a typo, not one iteration), and so are floats, which
+    ``int()`` would truncate silently.
+    """
+    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral):
+        raise TypeError(f"max_iter: expected an int, got {type(max_iter).__name__}")
+    if not minimum <= max_iter <= MAX_ITERATIONS:
+        raise ValueError(f"max_iter: expected an int in [{minimum}, 2**31 - 2], got {max_iter}")
+    return int(max_iter)
+
+
+def check_tol(tol) -> float:
+    """Return ``tol`` as a float if it is a finite real number >= 0, else raise.
+
+    bool and strings are refused rather than converted (``float("1e-3")`` would pass silently).
+    """
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
+        raise TypeError(f"tol: expected a real number, got {type(tol).__name__}")
+    if not (math.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol: expected a finite number >= 0, got {tol}")
+    return float(tol)
+
+
 def normalize_axes(axes, ndim: int) -> tuple[int, int]:
     """Return two distinct non-negative axes for a 2D operator."""
     if not isinstance(axes, Sequence) or len(axes) != 2:
@@ -71,11 +103,22 @@ def normalize_axes(axes, ndim: int) -> tuple[int, int]:
     return a0, a1
 
 
-def lam_to_array(lam, x_shape: tuple[int, ...], tv_axes: tuple[int, ...], name: str = "lam"):
+def lam_to_array(
+    lam,
+    x_shape: tuple[int, ...],
+    tv_axes: tuple[int, ...],
+    name: str = "lam",
+    *,
+    compute_dtype=None,
+    scale: int = 1,
+):
     """Check one weight and return it as float64, broadcast to one value per fiber/slice.
 
     ``lam`` may be a scalar or any array that broadcasts (NumPy rules) against ``x_shape`` with
     the axes in ``tv_axes`` reduced to size 1. The result has exactly that reduced shape.
+    ``compute_dtype``: the dtype the kernels read ``scale * lam`` in, when not float64; a value
+    it cannot hold is refused (it would round to inf: the taut string then returned NaN and the
+    2D solver a wrong result for a float32 x and lam = 1e39, finite in float64).
     """
     lam_arr = host_array(lam)
     if lam_arr.dtype.kind not in "iuf":
@@ -99,6 +142,15 @@ def lam_to_array(lam, x_shape: tuple[int, ...], tv_axes: tuple[int, ...], name: 
         raise ValueError(
             f"{name}: expected values >= 0, got {_first_bad(lam_arr, lambda v: v >= 0)}"
         )
+    if compute_dtype is not None:
+        limit = float(np.finfo(compute_dtype).max) / scale
+        if np.any(lam_arr > limit):
+            held = f"{scale} * {name}" if scale > 1 else name
+            raise ValueError(
+                f"{name}: expected values <= {limit:.4g} ({held} must fit in "
+                f"{np.dtype(compute_dtype)}, the dtype x is computed in), got "
+                f"{_first_bad(lam_arr, lambda v: v <= limit):.4g}"
+            )
     return np.broadcast_to(lam_arr, reduced)
 
 

@@ -96,13 +96,13 @@ def prox_tv1d(x, lam, axis: int = -1, *, method: str = "auto", out=None):
     if x.ndim == 0:
         raise ValueError("x: expected an array with at least 1 dimension, got a 0-d array")
     ax = normalize_axis(axis, x.ndim)
-    lam_b = lam_to_array(lam, x.shape, (ax,))
+    compute = _compute_dtype(dtype)
+    lam_b = lam_to_array(lam, x.shape, (ax,), compute_dtype=compute)
     if out is not None:
         _check_out(out, x, xp)
     outer, n, inner = _fiber_view(x.shape, ax)
     if x.size == 0:
         return xp.empty_like(x) if out is None else out
-    compute = _compute_dtype(dtype)
     if out is not None and xp.may_share_memory(out, x):
         x = x.copy()  # the kernels take x and y __restrict__: keep the two apart
     xc = xp.ascontiguousarray(x, dtype=compute)

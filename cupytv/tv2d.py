@@ -14,8 +14,11 @@ import numpy as np
 
 from cupytv import _loader
 from cupytv._validation import (
+    MAX_ITERATIONS,
     check_float_dtype,
+    check_max_iter,
     check_same_array_kind,
+    check_tol,
     lam_to_array,
     normalize_axes,
     split_lam_pair,
@@ -233,15 +236,20 @@ def prox_tv2d_vjp(
     return grad_x, grad_lam
 
 
+def momentum_flag(method) -> int:
+    """The kernels' momentum flag for a method name (``"auto"`` included), else ValueError."""
+    if method == "auto":
+        method = DEFAULT_METHOD
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method: expected one of {['auto', *METHODS]}, got {method!r}")
+    return METHODS[method]
+
+
 class _Problem:
     """A validated call: the (slices, h, w) view of x, the per-slice weights, the options."""
 
     def __init__(self, x, lam, axes, max_iter, tol, method):
-        if method == "auto":
-            method = DEFAULT_METHOD
-        if not isinstance(method, str) or method not in METHODS:
-            raise ValueError(f"method: expected one of {['auto', *METHODS]}, got {method!r}")
-        self.momentum = METHODS[method]
+        self.momentum = momentum_flag(method)
         self.xp = xp = _array_module(x, "x")
         self.dtype = check_float_dtype(x.dtype)
         self.x = x
@@ -249,25 +257,18 @@ class _Problem:
         lam0, lam1, self.is_pair = split_lam_pair(lam)
         self.lam_parts = (lam0, lam1) if self.is_pair else (lam,)
         names = ("lam[0]", "lam[1]") if self.is_pair else ("lam", "lam")
+        self.compute = _compute_dtype(self.dtype)
         lam_b = [
-            lam_to_array(part, x.shape, self.axes, name)
+            lam_to_array(part, x.shape, self.axes, name, compute_dtype=self.compute)
             for part, name in zip((lam0, lam1), names, strict=True)
         ]
-        if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)):
-            raise TypeError(f"max_iter: expected an int, got {type(max_iter).__name__}")
-        if not 0 <= max_iter < 2**31 - 1:
-            raise ValueError(f"max_iter: expected an int in [0, 2**31 - 2], got {max_iter}")
-        if not (isinstance(tol, (int, float, np.floating, np.integer)) and math.isfinite(tol)):
-            raise ValueError(f"tol: expected a finite number >= 0, got {tol!r}")
-        if tol < 0:
-            raise ValueError(f"tol: expected a finite number >= 0, got {tol!r}")
-        self.max_iter, self.tol = int(max_iter), float(tol)
+        # Shared checks: a bool or a string tol used to pass here as 1.0 or a ValueError.
+        self.max_iter, self.tol = check_max_iter(max_iter, 0), check_tol(tol)
         moved = xp.moveaxis(x, self.axes, (-2, -1))
         self.moved_shape = moved.shape
         self.batch_shape = moved.shape[:-2]
         self.h, self.w = moved.shape[-2:]
         self.slices = math.prod(self.batch_shape)
-        self.compute = _compute_dtype(self.dtype)
         self.xc = xp.ascontiguousarray(moved, dtype=self.compute).reshape(
             self.slices, self.h, self.w
         )
@@ -312,6 +313,11 @@ class _Problem:
             ) from None
         if counts.size and int(counts.min()) < 0:
             raise ValueError(f"n_iter: expected counts >= 0, got {int(counts.min())}")
+        # The kernels count in int32: 2**32 used to wrap to 0 and return g as the gradient.
+        if counts.size and int(counts.max()) > MAX_ITERATIONS:
+            raise ValueError(
+                f"n_iter: expected counts <= 2**31 - 2 (int32), got {int(counts.max())}"
+            )
         return xp.ascontiguousarray(counts, dtype=np.int32).reshape(self.slices)
 
     def fused(self) -> tuple[int, int] | None:
@@ -345,6 +351,9 @@ def _forward(pb: _Problem, path: str | None = None):
     xp = pb.xp
     z = xp.empty_like(pb.xc)
     if pb.xc.size == 0:
+        # Empty slices are solved exactly by doing nothing: gap 0 (as prox_tv reports for one or
+        # three axes), not the NaN that marks non-finite input.
+        pb.gap[...] = 0
         return z
     fused = _fused_config(pb, path)
     ct, dims = pb.ctype(), pb.dims()

@@ -16,15 +16,17 @@ volume's result never depends on the others.
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 from collections.abc import Sequence
 
 import numpy as np
 
 from cupytv._validation import (
+    MAX_ITERATIONS,
     check_float_dtype,
+    check_max_iter,
     check_same_array_kind,
+    check_tol,
     host_array,
     lam_to_array,
     normalize_axis,
@@ -115,7 +117,7 @@ def prox_tv(
     xp = _array_module(x, "x")
     dtype = check_float_dtype(x.dtype)
     tv_axes = _normalize_tv_axes(axes, x.ndim)
-    lams, _ = _lam_per_axis(lam, x.shape, tv_axes)
+    lams, _ = _lam_per_axis(lam, x.shape, tv_axes, _compute_dtype(dtype))
     _check_iteration_limits(max_iter, tol)
     if out is not None:
         _check_out(out, x, xp)
@@ -236,7 +238,7 @@ def prox_tv_vjp(
             f"g: expected x's shape and dtype {x.shape} {x.dtype}, got {g.shape} {g.dtype}"
         )
     tv_axes = _normalize_tv_axes(axes, x.ndim)
-    lams, per_axis = _lam_per_axis(lam, x.shape, tv_axes)
+    lams, per_axis = _lam_per_axis(lam, x.shape, tv_axes, _compute_dtype(dtype))
     _check_iteration_limits(max_iter, tol)
     m = len(tv_axes)
     if m == 1:
@@ -257,7 +259,10 @@ def prox_tv_vjp(
     gv = _to_volumes(g, tv_axes, compute, xp)
     lam_v = [_lam_to_volumes(lam_i, tv_axes) for lam_i in lams]
     run = _dykstra(xv, lam_v, max_iter=max_iter, tol=tol, n_target=n_target, keep_history=True)
-    scale = float(xp.where(xp.isfinite(xv), xp.abs(xv), 0).max())  # non-finite volumes: NaN anyway
+    # Each volume's own max|x| (non-finite volumes: NaN anyway; all-zero ones: 1), never the
+    # batch's: with a batch-wide scale one volume's magnitude changed another's gradient.
+    scale = xp.where(xp.isfinite(xv), xp.abs(xv), 0).max(axis=tuple(range(1, m + 1)))
+    scale = xp.where(scale > 0, scale, 1).reshape((-1,) + (1,) * m)
     adj, grad_w = _dykstra_backward(gv, lam_v, run, scale)
     # Volumes without an output (non-finite input, or a replayed count of 0) get NaN gradients.
     no_output = xp.asarray(run.n_iter == 0)
@@ -347,17 +352,19 @@ def _dykstra(xv, lam_v, *, max_iter, tol, n_target, keep_history) -> _DykstraRun
     return _DykstraRun(y_out, n_iter, gap, history)
 
 
-def _dykstra_backward(gv, lam_v, run: _DykstraRun, scale: float):
+def _dykstra_backward(gv, lam_v, run: _DykstraRun, scale):
     """The adjoint recursion of :func:`prox_tv_vjp`: (sum_i a_i^0 (B, *vol), [grad lam_i (B,)]).
 
     Adjoints live on the full batch; iteration k reads and writes only its active volumes.
-    ``scale`` = max|x|: the iterates' 1D solutions are segments up to rounding noise, so values
-    within FUSE_RTOL * scale of a segment's first value belong to it (cuda_src/tv2d.cu's
-    jump_rtol, for the same reason: around zero-mean solutions exact equality saw every sample
-    as its own segment, and the gradient was several times off).
+    ``scale`` (B, 1, ...) = each volume's max|x|: the iterates' 1D solutions are segments up to
+    rounding noise, so values within FUSE_RTOL * scale of a segment's first value belong to it
+    (cuda_src/tv2d.cu's jump_rtol, for the same reason: around zero-mean solutions exact equality
+    saw every sample as its own segment, and the gradient was several times off). The 1D VJP
+    takes one tolerance for all fibers, so each volume's solutions are divided by its scale
+    first: the VJP depends only on segments and jump signs, which a positive factor keeps.
     """
     xp = _array_module(gv, "g")
-    fuse_atol = FUSE_RTOL[np.dtype(gv.dtype)] * scale
+    fuse_atol = FUSE_RTOL[np.dtype(gv.dtype)]
     m = len(lam_v)
     n_vol = gv.shape[0]
     per_volume = (-1,) + (1,) * m
@@ -373,8 +380,9 @@ def _dykstra_backward(gv, lam_v, run: _DykstraRun, scale: float):
         y_bar = sum(a) + xp.where(ends, gv if full else gv[idx], 0)
         for i in range(m):
             p_bar = y_bar / m - a[i]
+            unit = p[i] / (scale if full else scale[idx])
             gz, gw = prox_tv1d_vjp(
-                p_bar, p[i], m * lam_v[i][active], axis=1 + i, fuse_atol=fuse_atol
+                p_bar, unit, m * lam_v[i][active], axis=1 + i, fuse_atol=fuse_atol
             )
             a[i] = a[i] + gz
             contribution = m * gw.reshape(-1).astype(_F64)
@@ -442,28 +450,31 @@ def _normalize_tv_axes(axes, ndim: int) -> tuple[int, ...]:
     return norm
 
 
-def _lam_per_axis(lam, shape, tv_axes):
-    """([lam_i as float64 NumPy, x's shape with the TV axes reduced to 1] * m, per_axis)."""
+def _lam_per_axis(lam, shape, tv_axes, compute):
+    """([lam_i as float64 NumPy, x's shape with the TV axes reduced to 1] * m, per_axis).
+
+    ``compute``: x's compute dtype. Three or more axes run the 1D prox with weight m * lam_i,
+    which must fit in it.
+    """
     m = len(tv_axes)
+    fit = {"compute_dtype": compute, "scale": m if m >= 3 else 1}
     if isinstance(lam, (tuple, list)):
         if len(lam) != m:
             raise ValueError(
                 f"lam: expected a scalar, an array, or one weight per axis ({m} for axes "
                 f"{tv_axes}), got a {type(lam).__name__} of length {len(lam)}"
             )
-        return [lam_to_array(w, shape, tv_axes, f"lam[{i}]") for i, w in enumerate(lam)], True
-    return [lam_to_array(lam, shape, tv_axes)] * m, False
+        return [
+            lam_to_array(w, shape, tv_axes, f"lam[{i}]", **fit) for i, w in enumerate(lam)
+        ], True
+    return [lam_to_array(lam, shape, tv_axes, **fit)] * m, False
 
 
 def _check_iteration_limits(max_iter, tol) -> None:
-    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral):
-        raise TypeError(f"max_iter: expected an int, got {type(max_iter).__name__}")
-    if max_iter < 1:
-        raise ValueError(f"max_iter: expected an int >= 1, got {max_iter}")
-    if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
-        raise TypeError(f"tol: expected a real number, got {type(tol).__name__}")
-    if not (math.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol: expected a finite number >= 0, got {tol}")
+    if isinstance(max_iter, numbers.Integral) and not isinstance(max_iter, bool) and max_iter < 1:
+        raise ValueError(f"max_iter: expected an int >= 1, got {max_iter}")  # the usual slip: 0
+    check_max_iter(max_iter, 1)
+    check_tol(tol)
 
 
 def _check_n_iter(n_iter, batch_shape) -> np.ndarray:
@@ -480,6 +491,8 @@ def _check_n_iter(n_iter, batch_shape) -> np.ndarray:
         ) from None
     if np.any(counts < 0):
         raise ValueError(f"n_iter: expected counts >= 0, got {int(counts.min())}")
+    if np.any(counts > MAX_ITERATIONS):  # info.n_iter is int32, as in 2D
+        raise ValueError(f"n_iter: expected counts <= 2**31 - 2 (int32), got {int(counts.max())}")
     return counts.reshape(-1).astype(np.int64)
 
 

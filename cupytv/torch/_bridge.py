@@ -8,9 +8,12 @@ runs on a side stream, or on several GPUs, orders our kernels with its own work.
 from __future__ import annotations
 
 import contextlib
+import numbers
 
 import numpy as np
 import torch
+
+from cupytv._validation import is_cupy_array
 
 #: Dtypes computed in float32 and returned in their own dtype (the kernels have no half types).
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -66,10 +69,30 @@ def lam_tensor(lam, x: torch.Tensor, name: str = "lam") -> torch.Tensor:
             raise ValueError(
                 f"{name}: expected a tensor on x's device {x.device}, got one on {lam.device}"
             )
+        if lam.dtype == torch.bool or lam.is_complex():
+            # .to() below used to turn these silently into 1.0 / 0.0 or the real part.
+            raise TypeError(f"{name}: expected a real-valued tensor, got {lam.dtype}")
         if not lam.is_floating_point():
             lam = lam.to(compute_dtype(x.dtype))
         return lam
+    _check_real(lam, name)
     return torch.as_tensor(lam, dtype=compute_dtype(x.dtype), device=x.device)
+
+
+def _check_real(lam, name: str) -> None:
+    """Refuse a non-tensor weight that is not real: ``torch.as_tensor(..., dtype=float)`` turns
+    bools into 1.0 silently and fails on complex, strings or None without naming ``lam``."""
+    if isinstance(lam, numbers.Real) and not isinstance(lam, bool):
+        return  # the common case, kept free of NumPy so torch.compile traces it as is
+    try:
+        dtype = lam.dtype if is_cupy_array(lam) else np.asarray(lam).dtype
+    except (TypeError, ValueError):  # ragged lists and the like
+        dtype = np.dtype(object)
+    if dtype.kind not in "iuf":
+        raise TypeError(
+            f"{name}: expected a real number, a real array or a tensor, got "
+            f"{type(lam).__name__} of dtype {dtype}"
+        )
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

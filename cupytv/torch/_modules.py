@@ -4,9 +4,12 @@ one for all) and the smooth / sharp modes of Yeh et al. (CVPR 2022)."""
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor, nn
+
+from cupytv._validation import normalize_axis
 
 MODES = ("smooth", "sharp")
 
@@ -24,12 +27,25 @@ class TVLayer(nn.Module):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {list(MODES)}, got {mode!r}")
-        lam = float(lam)
+        # float() alone accepted True and "0.1" and failed on None or a list without naming lam.
+        if isinstance(lam, (bool, str)):
+            raise TypeError(f"lam: expected a real number, got {type(lam).__name__} {lam!r}")
+        try:
+            lam = float(lam)
+        except (TypeError, ValueError):
+            raise TypeError(f"lam: expected a real number, got {type(lam).__name__}") from None
         if not math.isfinite(lam) or lam < 0 or (learnable and lam == 0):
             need = "> 0 (softplus never reaches 0)" if learnable else ">= 0"
             raise ValueError(f"lam: expected a finite value {need}, got {lam}")
-        if num_channels is not None and (not isinstance(num_channels, int) or num_channels < 1):
+        if num_channels is not None and (
+            isinstance(num_channels, bool)  # True is not one channel: torch.full fails on it
+            or not isinstance(num_channels, numbers.Integral)
+            or num_channels < 1
+        ):
             raise ValueError(f"num_channels: expected a positive int or None, got {num_channels!r}")
+        if isinstance(channel_axis, bool) or not isinstance(channel_axis, numbers.Integral):
+            raise TypeError(f"channel_axis: expected an int, got {type(channel_axis).__name__}")
+        num_channels = None if num_channels is None else int(num_channels)
         self.mode = mode
         self.learnable = learnable
         self.num_channels = num_channels
@@ -49,7 +65,11 @@ class TVLayer(nn.Module):
         lam = self.lam
         if self.num_channels is None:
             return lam
-        axis = self.channel_axis % x.dim()
+        # normalize_axis, not `% x.dim()`: an out-of-range channel_axis wrapped around silently
+        # (and a 0-d x divided by zero).
+        if x.dim() == 0:
+            raise ValueError("x: expected a tensor with a channel axis, got a 0-d tensor")
+        axis = normalize_axis(self.channel_axis, x.dim(), "channel_axis")
         if x.shape[axis] != self.num_channels:
             raise ValueError(
                 f"x: expected {self.num_channels} channels along axis {self.channel_axis}, got "

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 import cupytv
+from cupytv._validation import normalize_axis
 from cupytv.torch._bridge import (
     check_input,
     compute_dtype,
@@ -20,6 +21,7 @@ from cupytv.torch._bridge import (
     to_array,
 )
 from cupytv.torch._modules import TVLayer
+from cupytv.tv1d import _kernel_name
 
 
 @torch.library.custom_op("cupytv::prox_tv1d", mutates_args=())
@@ -86,6 +88,12 @@ def prox_tv1d(x: Tensor, lam, axis: int = -1, *, method: str = "auto") -> Tensor
         tensor([0.5000, 0.5000, 2.5000, 2.5000], grad_fn=<CppNode_prox_tv1d>)
     """
     check_input(x)
+    # Checked here, not only in the array API: the op's schema refuses a float axis or a None
+    # method with a RuntimeError, and fake (meta) tensors never reach the array API.
+    if x.dim() == 0:
+        raise ValueError("x: expected an array with at least 1 dimension, got a 0-d array")
+    axis = normalize_axis(axis, x.dim())
+    _kernel_name(method)
     cd = compute_dtype(x.dtype)  # .to() of a tensor already in cd is the tensor itself
     return _prox_tv1d(x.to(cd), lam_tensor(lam, x).to(cd), axis, method).to(x.dtype)
 

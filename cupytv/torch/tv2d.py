@@ -9,10 +9,13 @@ backward reads the largest iteration count to size its record.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
 import cupytv
+from cupytv._validation import check_max_iter, check_tol, normalize_axes
 from cupytv.torch._bridge import (
     check_input,
     compute_dtype,
@@ -22,7 +25,7 @@ from cupytv.torch._bridge import (
     to_array,
 )
 from cupytv.torch._modules import TVLayer
-from cupytv.tv2d import DEFAULT_MAX_ITER, DEFAULT_TOL
+from cupytv.tv2d import DEFAULT_MAX_ITER, DEFAULT_TOL, momentum_flag
 
 
 def _batch_shape(x: Tensor, axes: list[int]) -> list[int]:
@@ -124,6 +127,11 @@ def prox_tv2d(
                 [1., 3.]])
     """
     check_input(x)
+    # Checked before the int()/float() conversions below, which truncated axes=(1.5, 2) and
+    # max_iter=2.5 and accepted tol="1e-3" or True silently.
+    axes_list = list(normalize_axes(axes, x.dim()))
+    momentum_flag(method)
+    max_iter, tol = check_max_iter(max_iter, 0), check_tol(tol)
     if isinstance(lam, (tuple, list)):
         if len(lam) != 2:
             raise ValueError(f"lam: expected a number, a tensor or a pair, got {len(lam)} items")
@@ -131,10 +139,7 @@ def prox_tv2d(
     else:
         lam0 = lam1 = lam_tensor(lam, x)
     cd = compute_dtype(x.dtype)  # .to() of a tensor already in cd is the tensor itself
-    axes_list = [int(a) for a in axes]
-    y, n_iter = _prox_tv2d(
-        x.to(cd), lam0.to(cd), lam1.to(cd), axes_list, int(max_iter), float(tol), method
-    )
+    y, n_iter = _prox_tv2d(x.to(cd), lam0.to(cd), lam1.to(cd), axes_list, max_iter, tol, method)
     y = y.to(x.dtype)
     return (y, n_iter) if return_n_iter else y
 
@@ -174,6 +179,9 @@ class TV2d(TVLayer):
         method: str = "auto",
     ):
         super().__init__(lam, num_channels, learnable, mode, channel_axis)
+        if isinstance(axes, str) or not isinstance(axes, Sequence) or len(axes) != 2:
+            # tuple(axes) below failed on an int with "'int' object is not iterable".
+            raise ValueError(f"axes: expected a pair of distinct axes, got {axes!r}")
         self.axes = tuple(axes)
         self.max_iter, self.tol, self.method = max_iter, tol, method
 

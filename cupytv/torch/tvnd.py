@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 import cupytv
+from cupytv._validation import check_max_iter, check_tol
 from cupytv.torch._bridge import (
     check_input,
     compute_dtype,
@@ -22,6 +23,7 @@ from cupytv.torch._bridge import (
 from cupytv.torch.tv1d import prox_tv1d
 from cupytv.torch.tv2d import _batch_shape, prox_tv2d
 from cupytv.tv2d import DEFAULT_MAX_ITER, DEFAULT_TOL
+from cupytv.tvnd import _normalize_tv_axes
 
 
 @torch.library.custom_op("cupytv::prox_tvnd", mutates_args=())
@@ -97,7 +99,16 @@ def prox_tv(x: Tensor, lam, axes, *, max_iter: int = DEFAULT_MAX_ITER, tol: floa
         torch.Size([2, 3, 4, 5])
     """
     check_input(x)
-    axes_t = (axes,) if isinstance(axes, int) else tuple(axes)
+    # The array API's checks, before int()/float() (which truncated axes=(1.5, 2, 3) and
+    # max_iter=2.5 silently) and whatever the axis count (max_iter >= 1, as cupytv.prox_tv).
+    axes_t = _normalize_tv_axes(axes, x.dim())
+    check_max_iter(max_iter, 1)
+    check_tol(tol)
+    if isinstance(lam, (tuple, list)) and len(lam) != len(axes_t):
+        raise ValueError(
+            f"lam: expected a scalar, a tensor, or one weight per axis ({len(axes_t)} for axes "
+            f"{axes_t}), got a {type(lam).__name__} of length {len(lam)}"
+        )
     if len(axes_t) == 1:
         if isinstance(lam, (tuple, list)):
             (lam,) = lam
@@ -105,8 +116,6 @@ def prox_tv(x: Tensor, lam, axes, *, max_iter: int = DEFAULT_MAX_ITER, tol: floa
     if len(axes_t) == 2:
         return prox_tv2d(x, lam, axes_t, max_iter=max_iter, tol=tol)
     if isinstance(lam, (tuple, list)):
-        if len(lam) != len(axes_t):
-            raise ValueError(f"lam: expected one weight per axis ({len(axes_t)}), got {len(lam)}")
         lams = [lam_tensor(v, x, f"lam[{i}]") for i, v in enumerate(lam)]
     else:
         lams = [lam_tensor(lam, x)] * len(axes_t)
