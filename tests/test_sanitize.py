@@ -3,8 +3,9 @@
 A sanitized library can only be loaded into a process whose sanitizer runtime was loaded first,
 so each check runs Python in a subprocess with ``LD_PRELOAD`` set and ``CUPYTV_HOST_SANITIZE=1``.
 The kernel test modules (``tests/test_<stem>.py`` for every ``cuda_src/<stem>.cu``, plus the
-executor's own tests) run there on small sizes; deliberately broken kernels prove that an
-out-of-bounds read or undefined behaviour makes the run fail.
+executor's own tests) run there on small sizes, and so does the fuzz corpus (tests/test_fuzz.py:
+random shapes, axes, layouts, adversarial data and weights through every kernel); deliberately
+broken kernels prove that an out-of-bounds read or undefined behaviour makes the run fail.
 """
 
 from __future__ import annotations
@@ -45,10 +46,12 @@ def sanitizer_env() -> dict[str, str]:
     return env
 
 
-def run_sanitized(args: list[str]) -> subprocess.CompletedProcess:
+def run_sanitized(
+    args: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, *args],
-        env=sanitizer_env(),
+        env={**sanitizer_env(), **(env or {})},
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -83,6 +86,40 @@ def test_kernel_tests_pass_under_sanitizers():
         ]
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]
+
+
+# The fuzz corpus under the sanitizers: this many examples per property (tests/test_fuzz.py reads
+# the count from CUPYTV_FUZZ_EXAMPLES), from a fixed seed so a report can be replayed.
+FUZZ_EXAMPLES = 30
+FUZZ_SEED = 0
+# What the runtimes print before they stop the process (abort_on_error=0, halt_on_error=1).
+SANITIZER_REPORTS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer")
+
+
+def test_fuzz_corpus_runs_clean_under_sanitizers():
+    # Every kernel over the fuzz corpus in the sanitized build. What this test owns is memory and
+    # undefined behaviour: the properties themselves are tests/test_fuzz.py's in the ordinary run
+    # (a failing property is reported there, without shrinking here, which would only cost time).
+    # A sanitizer stops the process at its first report, before pytest's summary line.
+    result = run_sanitized(
+        [
+            "-m",
+            "pytest",
+            "-q",
+            "-s",  # a sanitizer report goes to this process's stderr, not to pytest's capture
+            "-p",
+            "no:cacheprovider",
+            f"--hypothesis-seed={FUZZ_SEED}",
+            str((TESTS / "test_fuzz.py").relative_to(ROOT)),
+        ],
+        env={"CUPYTV_FUZZ_EXAMPLES": str(FUZZ_EXAMPLES), "CUPYTV_FUZZ_SHRINK": "0"},
+    )
+    output = result.stdout[-6000:] + result.stderr[-6000:]
+    reports = [r for r in SANITIZER_REPORTS if r in result.stderr]
+    assert not reports, output
+    summary = (result.stdout.strip().splitlines() or [""])[-1]
+    assert result.returncode in (0, 1), output  # 1: a property failed, reported by test_fuzz.py
+    assert " passed" in summary or " failed" in summary, output  # the session ran to its end
 
 
 SCRIPT = """
