@@ -738,6 +738,7 @@ INVARIANCE_2D = {
 }
 
 
+@known_bug("open bug F4: hypothesis 6.170 draws a far-from-zero slice with a negative gap")
 @fuzz(ci_examples=50)
 @given(
     problem=problems_2d(max_slices=4, sides=large_sides),
