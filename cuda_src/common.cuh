@@ -18,18 +18,24 @@ __device__ __forceinline__ index_t block_start_x() {
 
 // Per-type constants: machine epsilon (2 x the unit roundoff), the largest finite value, a quiet
 // NaN (through bit patterns: NVRTC has no <limits>, and 0.0 / 0.0 is folded differently by
-// compilers).
+// compilers), and gap_slack, the factor on eps in the 2D certificate's rounding slack (tv2d.cu
+// row_gap; cupytv/tvnd.py mirrors both values). float32 iterates are the 1D solutions' double
+// values rounded once (measured need <= 0.15 of eps sum |z - s| (|x| + |z|)); float64 ones carry
+// the rounding of Condat's double segment sums too, up to a few ulps per sample (measured need
+// 2.6 on spikes at -1000, 31 x 32 to 70 x 90), which grows with the fibers' length.
 template <typename T>
 struct Limits;
 template <>
 struct Limits<float> {
   static constexpr double eps = 1.1920928955078125e-7;  // 2^-23
+  static constexpr double gap_slack = 1.0;
   static constexpr float max_finite = 3.402823466e38f;
   __device__ static float nan() { return __int_as_float(0x7fc00000); }
 };
 template <>
 struct Limits<double> {
   static constexpr double eps = 2.220446049250313e-16;  // 2^-52
+  static constexpr double gap_slack = 8.0;
   static constexpr double max_finite = 1.7976931348623157e308;
   __device__ static double nan() { return __longlong_as_double(0x7ff8000000000000LL); }
 };

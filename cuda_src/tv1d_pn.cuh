@@ -12,9 +12,10 @@
 // Algorithm (D. P. Bertsekas, "Projected Newton methods for optimization problems with simple
 // constraints", SIAM J. Control Optim. 20(2), 1982, applied to this dual as in A. Barbero and
 // S. Sra, "Fast Newton-type methods for total variation regularization", ICML 2011, and proxTV):
-//   0. A pass for finiteness and the mean; a pass for u0 = cumsum(mean - x) (the unconstrained
-//      minimiser) and lam_max = max |u0|, the smallest lam whose prox is the constant mean. The box
-//      is b = min(lam, 2 lam_max): for lam > lam_max the dual optimum lies strictly inside both
+//   0. A pass for finiteness and the mean; a pass for lam_max = max |u0| of u0 = cumsum(mean - x)
+//      (the unconstrained minimiser; lam_max is the smallest lam whose prox is the constant mean)
+//      and max|x - mean|; one writing u0 (scaled: see solve_fiber). The box is
+//      b = min(lam, 2 lam_max): for lam > lam_max the dual optimum lies strictly inside both
 //      boxes, so the solution is the same and no dual quantity exceeds O(n max|x|) however large
 //      lam is. The first Newton pass clips u0 to the box. The solver works on xs = x - mean
 //      (rounded to T; D xs = D x, so the dual is unchanged): rounding then scales with the signal's
@@ -73,11 +74,15 @@
 // per line search, the polish is one scan plus one write pass. Random signals finish in 2-6
 // iterations; long ramps are PN's slow case (each iteration frees one more variable at each end
 // of a flat run) and may reach the cap, after which the polish's merges complete the structure
-// (exact in all our tests, but not guaranteed: a jump PN has not yet found is not added).
+// (exact in most of our tests, but not guaranteed: a jump PN has not yet found is not added; two
+// concatenated ramps with lam = 1e3 came out 4.4 off). So a fiber that stops without its
+// certificate (the gap test or finite termination; i.e. at the cap or stalled above the gap's
+// rounding floor) is flagged in `uncertified`, and the wrapper re-solves it with the taut string.
 //
 // Arguments (the tv1d_* forward contract): x, y: (outer, n, inner), C-contiguous; fiber (o, i)
 // holds x[(o*n + k)*inner + i]; lam for fiber (o, i) is lam[o*lam_stride_outer +
-// i*lam_stride_inner]. scratch: 16 bytes per element per fiber, i.e. TV1D_PN_SCRATCH_PER_ELEMENT(T)
+// i*lam_stride_inner]. uncertified[f] = 1 for a fiber f that stopped without a certificate (see
+// Caps), else untouched (the wrapper zeroes it). scratch: 16 bytes per element per fiber, i.e. TV1D_PN_SCRATCH_PER_ELEMENT(T)
 // = 16 / sizeof(T) elements of T (2 for double, 4 for float) times n * outer * inner in all: the
 // planes u and d for the solver, reused by the polish as its segment stack (first index as a
 // 64-bit integer, sum as a double, stored as bit patterns of T).
@@ -103,6 +108,10 @@
 namespace cupytv {
 namespace tv1d_pn_detail {
 
+// Bounds on the exponent of the power of two the solver scales a fiber by (solve_fiber): the
+// factor itself must be finite in T.
+#define PN_UNIT_EXP_MAX_FLOAT 126
+#define PN_UNIT_EXP_MAX_DOUBLE 1000
 // Newton iterations per fiber. Finite termination ends most solves in under 10.
 constexpr int PN_MAX_ITERATIONS = 100;
 // Trials per line search before falling back to a projected gradient step.
@@ -164,14 +173,14 @@ struct NewtonPass {
 };
 
 template <typename T>
-__device__ NewtonPass newton_pass(Strided<const T> x, T shift, Strided<T> u, Strided<T> d,
-                                  index_t n, T b, T step) {
+__device__ NewtonPass newton_pass(Strided<const T> x, T shift, T unit, Strided<T> u,
+                                  Strided<T> d, index_t n, T b, T step) {
   NewtonPass r{0.0, 0, 0, false, 0.0};
   const index_t m = n - 1;  // dual variables
   // Sliding window: u_cur = u[k] (updated), y_cur = y[k].
   T u_cur = clip(step != T(0) ? u[0] - step * d[0] : u[0], b);
   r.moved = u_cur != u[0];
-  T x_cur = x[0] - shift;
+  T x_cur = (x[0] - shift) * unit;
   T y_cur = x_cur + u_cur;
   index_t p = 0;  // 1-based position in the current free block, 0 outside one
   T e = T(0);     // forward sweep: e[p] = e[p-1] + p g[p]
@@ -182,7 +191,7 @@ __device__ NewtonPass newton_pass(Strided<const T> x, T shift, Strided<T> u, Str
       u_next = clip(step != T(0) ? old - step * d[k + 1] : old, b);
       r.moved |= u_next != old;
     }
-    const T x_next = x[k + 1] - shift;
+    const T x_next = (x[k + 1] - shift) * unit;
     const T y_next = x_next - u_cur + u_next;
     const T g = y_cur - y_next;
     u[k] = u_cur;
@@ -233,16 +242,16 @@ struct Trial {
 };
 
 template <typename T>
-__device__ Trial trial(Strided<const T> x, T shift, Strided<T> u, Strided<T> d, index_t n, T b,
-                       T step) {
+__device__ Trial trial(Strided<const T> x, T shift, T unit, Strided<T> u, Strided<T> d, index_t n,
+                       T b, T step) {
   Trial t{0.0, 0.0, 0.0, false};
   const index_t m = n - 1;
   T u_cur = u[0];
-  T y_cur = (x[0] - shift) + u_cur;
+  T y_cur = (x[0] - shift) * unit + u_cur;
   T s_prev = T(0);
   for (index_t k = 0; k < m; ++k) {
     const T u_next = k + 1 < m ? u[k + 1] : T(0);
-    const T y_next = (x[k + 1] - shift) - u_cur + u_next;
+    const T y_next = (x[k + 1] - shift) * unit - u_cur + u_next;
     const T g = y_cur - y_next;
     const T target = u_cur - step * d[k];
     t.clipped |= target > b || target < -b;
@@ -261,14 +270,14 @@ __device__ Trial trial(Strided<const T> x, T shift, Strided<T> u, Strided<T> d, 
 
 // d = GRADIENT_STEP * g, so that the next pending step clip(u - d) is a projected gradient step.
 template <typename T>
-__device__ void gradient_direction(Strided<const T> x, T shift, Strided<T> u, Strided<T> d,
-                                   index_t n) {
+__device__ void gradient_direction(Strided<const T> x, T shift, T unit, Strided<T> u,
+                                   Strided<T> d, index_t n) {
   const index_t m = n - 1;
   T u_cur = u[0];
-  T y_cur = (x[0] - shift) + u_cur;
+  T y_cur = (x[0] - shift) * unit + u_cur;
   for (index_t k = 0; k < m; ++k) {
     const T u_next = k + 1 < m ? u[k + 1] : T(0);
-    const T y_next = (x[k + 1] - shift) - u_cur + u_next;
+    const T y_next = (x[k + 1] - shift) * unit - u_cur + u_next;
     d[k] = static_cast<T>(GRADIENT_STEP) * (y_cur - y_next);
     u_cur = u_next;
     y_cur = y_next;
@@ -336,9 +345,9 @@ __device__ __forceinline__ T segment_value(double sum, index_t len, T s_in, T s_
 // the newest segment is cached: it is recomputed only after a merge.
 template <typename T>
 __device__ void polish(Strided<const T> x, Strided<T> y, Strided<const T> u,
-                       const SegmentStack<T>& stack, index_t n, T lam) {
+                       const SegmentStack<T>& stack, index_t n, T lam, T lam_u) {
   const index_t m = n - 1;
-  const T threshold = lam * static_cast<T>(1.0 - sqrt(Limits<T>::eps));
+  const T threshold = lam_u * static_cast<T>(1.0 - sqrt(Limits<T>::eps));
   const double lam_d = static_cast<double>(lam);
   index_t top = -1;  // index of the top entry of the stack
   T v_top = T(0);    // its value (its outgoing jump is the incoming jump of the next segment)
@@ -387,8 +396,9 @@ __device__ void polish(Strided<const T> x, Strided<T> y, Strided<const T> u,
   }
 }
 
+// Returns false when the fiber stopped without a certificate (see Caps).
 template <typename T>
-__device__ void solve_fiber(Strided<const T> x, Strided<T> y, const Planes<T>& scratch, index_t n,
+__device__ bool solve_fiber(Strided<const T> x, Strided<T> y, const Planes<T>& scratch, index_t n,
                             T lam) {
   // Pass 0: finiteness and the sum.
   double sum = 0.0;
@@ -400,44 +410,62 @@ __device__ void solve_fiber(Strided<const T> x, Strided<T> y, const Planes<T>& s
   }
   if (!finite || !(lam >= T(0))) {
     fill(y, n, Limits<T>::nan());
-    return;
+    return true;
   }
   if (lam == T(0) || n == 1) {
     copy(x, y, n);
-    return;
+    return true;
   }
-  // Pass 1: lam_max, the box, and the starting point.
+  // Pass 1: lam_max, max|x - mean| and the box.
   const Strided<T> u = scratch(0), d = scratch(1);
   const double mean = sum / static_cast<double>(n);
-  double c = 0.0, lam_max = 0.0;
-  for (index_t k = 0; k + 1 < n; ++k) {
-    c += mean - static_cast<double>(x[k]);
+  double c = 0.0, lam_max = 0.0, dev = 0.0;
+  for (index_t k = 0; k < n; ++k) {
+    const double v = mean - static_cast<double>(x[k]);
+    dev = fabs(v) > dev ? fabs(v) : dev;
+    if (k + 1 == n) break;
+    c += v;
     lam_max = fabs(c) > lam_max ? fabs(c) : lam_max;
-    u[k] = static_cast<T>(c);  // clipped to the box by the first Newton pass
   }
   if (lam_max == 0.0) {  // every x[k] == mean: a constant fiber
     copy(x, y, n);
-    return;
+    return true;
   }
-  // The solver sees x - shift (same dual, same g): rounding then scales with the signal's
-  // variation, not its offset. Near the mean the subtraction is exact (Sterbenz).
+  // The solver sees (x - shift) * unit (same dual up to the factor, same g): rounding then scales
+  // with the signal's variation, not its offset (near the mean the subtraction is exact,
+  // Sterbenz), and its double reductions, products of a dual value and a gradient (b |g|, g^T s,
+  // ||D^T s||^2), are near 1 whatever the magnitudes: at 1e-301 they underflowed, the gap test
+  // passed on zeros and y came out 2.2 times the data's scale off. unit is the power of two
+  // nearest 1 / sqrt(b * max|x - mean|), so scaling is exact; the box and the polish's threshold
+  // are scaled alike, the polish's values come from x and lam themselves.
   const T shift = static_cast<T>(mean);
   const T box_cap = static_cast<T>(2.0 * lam_max);
-  const T b = lam < box_cap ? lam : box_cap;
+  const T b0 = lam < box_cap ? lam : box_cap;
+  const int e_max = sizeof(T) == sizeof(float) ? PN_UNIT_EXP_MAX_FLOAT : PN_UNIT_EXP_MAX_DOUBLE;
+  int e = -(ilogb(static_cast<double>(b0)) + ilogb(dev)) / 2;
+  e = e < -e_max ? -e_max : (e > e_max ? e_max : e);
+  const T unit = static_cast<T>(scalbn(1.0, e));
+  const T b = b0 * unit;
+  // Pass 2: the starting point u0 = cumsum(mean - x), in the solver's units.
+  c = 0.0;
+  for (index_t k = 0; k + 1 < n; ++k) {
+    c += mean - static_cast<double>(x[k]);
+    u[k] = static_cast<T>(c * static_cast<double>(unit));  // clipped by the first Newton pass
+  }
   const double tol_per_noise = GAP_TOL_FACTOR * Limits<T>::eps * 2.0 * static_cast<double>(b);
 
   T step = T(0);       // step of the pending update u = clip(u - step d)
   bool clean = false;  // the pending update is a full Newton step that no bound clipped
+  bool certified = false;
   for (int it = 0;; ++it) {
-    const NewtonPass r = newton_pass(x, shift, u, d, n, b, step);
+    const NewtonPass r = newton_pass(x, shift, unit, u, d, n, b, step);
     const bool stalled = step != T(0) && !r.moved;
-    if (r.gap <= tol_per_noise * r.noise || (clean && r.held == r.at_bound) || stalled ||
-        it == PN_MAX_ITERATIONS)
-      break;
+    certified = r.gap <= tol_per_noise * r.noise || (clean && r.held == r.at_bound);
+    if (certified || stalled || it == PN_MAX_ITERATIONS) break;
     T a = T(1);
     step = T(0);
     for (int ls = 0; ls < LINE_SEARCH_MAX_STEPS; ++ls) {
-      const Trial t = trial<T>(x, shift, u, d, n, b, a);
+      const Trial t = trial<T>(x, shift, unit, u, d, n, b, a);
       if (!(t.g_dot_s < 0.0)) break;  // no trial moves downhill: projection blocks the direction
       if (t.df <= ARMIJO_SIGMA * t.g_dot_s) {
         step = a;
@@ -451,12 +479,14 @@ __device__ void solve_fiber(Strided<const T> x, Strided<T> y, const Planes<T>& s
       a = static_cast<T>(next);
     }
     if (step == T(0)) {
-      gradient_direction<T>(x, shift, u, d, n);
+      gradient_direction<T>(x, shift, unit, u, d, n);
       step = T(1);
       clean = false;
     }
   }
-  polish<T>(x, y, Strided<const T>{u.p, u.stride}, SegmentStack<T>(scratch), n, lam);
+  polish<T>(x, y, Strided<const T>{u.p, u.stride}, SegmentStack<T>(scratch), n, lam,
+            lam * unit);
+  return certified;
 }
 
 }  // namespace tv1d_pn_detail
@@ -466,7 +496,7 @@ template <typename T>
 __global__ void tv1d_pn(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ lam,
                         cupytv::index_t lam_stride_outer, cupytv::index_t lam_stride_inner,
                         cupytv::index_t outer, cupytv::index_t n, cupytv::index_t inner,
-                        T* __restrict__ scratch) {
+                        T* __restrict__ scratch, int* __restrict__ uncertified) {
   using cupytv::index_t;
   namespace pn = cupytv::tv1d_pn_detail;
   const index_t fibers = outer * inner;
@@ -480,7 +510,8 @@ __global__ void tv1d_pn(const T* __restrict__ x, T* __restrict__ y, const T* __r
 #else
   const pn::Planes<T> planes{scratch + f * pn::Planes<T>::count * n, n, 1};
 #endif
-  pn::solve_fiber<T>(pn::Strided<const T>{x + base, inner}, pn::Strided<T>{y + base, inner},
-                     planes, n, lam[o * lam_stride_outer + i * lam_stride_inner]);
-
+  if (!pn::solve_fiber<T>(pn::Strided<const T>{x + base, inner}, pn::Strided<T>{y + base, inner},
+                         planes, n, lam[o * lam_stride_outer + i * lam_stride_inner])) {
+    uncertified[f] = 1;
+  }
 }

@@ -24,10 +24,13 @@
 // Stopping rule: a certified duality gap. X - Z = uA + uB, with uA = X - W and uB = W - Z exact
 // residuals of 1D proxes, hence feasible dual points, so
 //   gap(Z) = lam1 TV_rows(Z) + lam0 TV_cols(Z) - <Z, X - Z>  >=  F(Z) - F(Y*)  >=  0,
-// plus a slack for the rounding of the stored W and Z (row_gap), so that it stays an upper bound.
+// computed in float64 on the slice scaled by a power of two (gap_unit), with R = X - Z taken to its
+// nearest mean-zero point (slice_gap) and a slack for the rounding of the stored W and Z (row_gap),
+// so that it stays an upper bound at any offset and magnitude.
 // A slice stops at the first t with gap(Z_t) <= tol * F(Z_t) (relative objective gap at most
-// tol / (1 - tol)) or at t = max_iter; tol = 0 runs exactly max_iter iterations. Both sums are taken in double, per row, then over rows in
-// row order, so every executor and both paths below decide identically. n_iter[s] = iterations
+// tol / (1 - tol)) or at t = max_iter; tol = 0 runs exactly max_iter iterations. The sums are
+// taken in double, per row, then over rows in row order, so every executor and both paths below
+// decide identically. n_iter[s] = iterations
 // run (0 when Z_0 = X already qualifies: lam = 0, a constant slice); gap[s] = the relative gap.
 //
 // Non-finite input: a slice holding NaN or +-Inf is marked before the first iteration, returns
@@ -66,8 +69,9 @@
 //    solves row r, thread c column c, with block barriers between the halves. Rows are padded to
 //    ld = w | 1 elements so that the row pass (thread r at element r * ld + k) is free of bank
 //    conflicts; the column pass reads consecutive addresses. For h, w <= TV1D_GUARD_MIN_N
-//    (Condat needs no workspace) and shared_mem = 2 * blockDim.x * 8 + (3 + momentum) * h * ld *
-//    sizeof(T) within the launch limit. blockDim.x = max(h, w) rounded up to a warp; grid = slices.
+//    (Condat needs no workspace) and shared_mem = TV2D_GAP_TERMS * blockDim.x * 8 + (3 + momentum)
+//    * h * ld * sizeof(T) within the launch limit. blockDim.x = max(h, w) rounded up to a warp;
+//    grid = slices.
 //  * Multi-launch (every other size): one thread per fiber of every slice, state in global memory,
 //    one launch per phase per iteration, each skipping finished slices; the convergence test
 //    stays on the device (tv2d_decide), so the host need not synchronise per iteration. Per
@@ -220,33 +224,80 @@ __device__ __forceinline__ double momentum_of(int momentum, int t) {
   return momentum ? static_cast<double>(t) / (static_cast<double>(t) + 3.0) : 0.0;
 }
 
-// Row r's terms of gap(Z) and F(Z); reads row r + 1 of Z too. x: row r of X (global, stride 1).
+// The certificate is summed from TV2D_GAP_TERMS terms per row (row_gap), combined per slice by
+// slice_gap: [0] tv - <Z - shift, R> + slack, [1] F's terms, [2] sum R, [3] sum (Z - shift), with
+// R = X - Z. Term j of row r lives at terms[j * ts + r].
+#define TV2D_GAP_TERMS 4
+
+// The power of two that brings a slice's max|x| to [1, 2): the certificate is computed on the
+// slice scaled by it, exactly (a power of two), so its squares neither underflow (float64 data
+// below ~1e-162 gave F = 0 and "converged" at y = x) nor overflow (above ~1e154). The relative
+// gap is scale-invariant. The exponent is clamped so that the factor itself stays finite for
+// subnormal data (max|x| ~ 2^-1074: scaled to >= 2^-74, whose squares are still normal).
+__device__ __forceinline__ double gap_unit(double max_abs) {
+  if (!(max_abs > 0.0)) return 1.0;
+  const int e = ilogb(max_abs);
+  return scalbn(1.0, -(e < -1000 ? -1000 : (e > 1000 ? 1000 : e)));
+}
+
+// Row r's terms of the certificate (see TV2D_GAP_TERMS); reads row r + 1 of Z too. x: row r of
+// X (global, stride 1). Every value is multiplied by `unit` (gap_unit) first.
 template <typename T>
 __device__ __forceinline__ void row_gap(const T* x, const T* Z, index_t ld, index_t h, index_t w,
                                         index_t r, double lam0, double lam1, double shift,
-                                        double* gap, double* obj) {
+                                        double unit, double* terms, index_t ts) {
   const T* z = Z + r * ld;
   const bool below = r + 1 < h;
-  double tv = 0.0, inner = 0.0, fit = 0.0, scale = 0.0;
+  lam0 *= unit;
+  lam1 *= unit;
+  shift *= unit;
+  double tv = 0.0, inner = 0.0, fit = 0.0, scale = 0.0, res_sum = 0.0, z_sum = 0.0;
   for (index_t k = 0; k < w; ++k) {
-    const double zk = static_cast<double>(z[k]);
-    const double res = static_cast<double>(x[k]) - zk;
-    if (k + 1 < w) tv += lam1 * fabs(static_cast<double>(z[k + 1]) - zk);
-    if (below) tv += lam0 * fabs(static_cast<double>(z[ld + k]) - zk);
+    const double zk = unit * static_cast<double>(z[k]);
+    const double xk = unit * static_cast<double>(x[k]);
+    const double res = xk - zk;
+    if (k + 1 < w) tv += lam1 * fabs(unit * static_cast<double>(z[k + 1]) - zk);
+    if (below) tv += lam0 * fabs(unit * static_cast<double>(z[ld + k]) - zk);
     inner += (zk - shift) * res;
     fit += res * res;
-    if (res != 0.0) scale += fabs(zk - shift) * (fabs(static_cast<double>(x[k])) + fabs(zk));
+    res_sum += res;
+    z_sum += zk - shift;
+    if (res != 0.0) scale += fabs(zk - shift) * (fabs(xk) + fabs(zk));
   }
   // X - Z is a feasible dual point D^T u only up to the rounding of the stored W and Z (T's
   // precision), so the inner product is off by up to about eps(T) sum |z - shift| (|x| + |z|)
-  // (measured: at most 0.15 of that on adversarial float32 images). Adding that slack keeps the
+  // times Limits<T>::gap_slack (measured: see common.cuh). Adding that slack keeps the
   // gap an upper bound: without it float32 gaps came out negative and stopped solves early (a
-  // true gap of 3.5e-7 reported as -1.9e-7). Any constant shift leaves the exact gap unchanged
-  // (<1, D^T u> = 0); the slice's first value x[0, 0] takes out an image's offset, which would
-  // otherwise dominate the slack (1000 + 50 * photo in float32: no 1e-3 certificate at all).
-  // Samples with z == x add none: lam = 0 and constant slices (exact, F = 0) still stop at once.
-  *gap = tv - inner + cupytv::Limits<T>::eps * scale;
-  *obj = 0.5 * fit + tv;
+  // true gap of 3.5e-7 reported as -1.9e-7). A constant shift leaves the gap unchanged once R's
+  // mean is accounted for (slice_gap); the slice's first value x[0, 0] takes out an image's
+  // offset, which would otherwise dominate the slack (1000 + 50 * photo in float32: no 1e-3
+  // certificate at all). Samples with z == x add none: lam = 0 and constant slices (exact, F = 0)
+  // still stop at once.
+  terms[0] = tv - inner + cupytv::Limits<T>::gap_slack * cupytv::Limits<T>::eps * scale;
+  terms[ts] = 0.5 * fit + tv;
+  terms[2 * ts] = res_sum;
+  terms[3 * ts] = z_sum;
+}
+
+// A slice's gap and objective from its rows' terms (summed in row order, so that both paths and
+// every executor decide identically). R = X - Z sums to 0 for an exact dual point, but rounded
+// iterates leave a mean m (the 1D proxes' segment means are off by ulps of |x|: at -1000 that is
+// 1e-13, against an objective of 5e-11). The feasible point is then R - m, whose gap is
+//   tv - <Z - shift, R - m> + N m^2 / 2 = terms[0] + m sum (Z - shift) + N m^2 / 2
+// (F(Z) - D(u) expanded with <1, R - m> = 0); without it the float64 gap came out -1.9e-9 and a
+// tol = 1e-10 solve stopped after 3 iterations.
+__device__ __forceinline__ void slice_gap(const double* terms, index_t ts, index_t h,
+                                          double pixels, double* gap, double* obj) {
+  double part = 0.0, total_obj = 0.0, res_sum = 0.0, z_sum = 0.0;
+  for (index_t r = 0; r < h; ++r) {
+    part += terms[r];
+    total_obj += terms[ts + r];
+    res_sum += terms[2 * ts + r];
+    z_sum += terms[3 * ts + r];
+  }
+  const double m = res_sum / pixels;
+  *gap = part + m * z_sum + 0.5 * pixels * m * m;
+  *obj = total_obj;
 }
 
 // Row half for row r: Z_r := X_r - Ub_r (Z is free here), W_r := prox_lam1(Z_r) (jumps recorded
@@ -345,8 +396,8 @@ __device__ __forceinline__ double relative_gap(double gap, double obj) {
   return obj > 0.0 ? gap / obj : 0.0;
 }
 
-// Fused-path shared memory: per-thread double partials (2 * blockDim.x), then three or four
-// padded h x ld arrays (the fourth only with momentum).
+// Fused-path shared memory: per-thread double partials (TV2D_GAP_TERMS * blockDim.x), then three
+// or four padded h x ld arrays (the fourth only with momentum).
 template <typename T>
 struct FusedTile {
   double* part;
@@ -363,7 +414,7 @@ __device__ __forceinline__ FusedTile<T> fused_tile(index_t h, index_t w, int mom
   FusedTile<T> tile;
   tile.part = reinterpret_cast<double*>(tv2d_shared_raw);
   tile.ld = w | 1;
-  tile.a0 = reinterpret_cast<T*>(tile.part + 2 * blockDim.x);
+  tile.a0 = reinterpret_cast<T*>(tile.part + TV2D_GAP_TERMS * blockDim.x);
   tile.a1 = tile.a0 + h * tile.ld;
   tile.a2 = tile.a1 + h * tile.ld;
   tile.a3 = momentum ? tile.a2 + h * tile.ld : tile.a2;  // never used without momentum
@@ -401,7 +452,8 @@ __device__ bool fused_finite(const T* xs, double* part, index_t h, index_t w) {
   return finite;
 }
 
-// max|x| over the global slice xs (all threads; uses part): the scale of jump_rtol.
+// max|x| over the global slice xs (all threads; uses part): the scale of jump_rtol and of the
+// certificate (gap_unit).
 template <typename T>
 __device__ double fused_scale(const T* xs, double* part, index_t h, index_t w) {
   const index_t r = threadIdx.x;
@@ -478,20 +530,18 @@ __global__ void tv2d_solve(const T* __restrict__ x, T* __restrict__ z, const T* 
   if (momentum) tv2d::fused_fill(f.U, static_cast<const T*>(nullptr), tile.ld, h, w);
   __syncthreads();
   const bool finite = tv2d::fused_finite(xs, tile.part, h, w);
+  const double unit = tv2d::gap_unit(tv2d::fused_scale(xs, tile.part, h, w));
   __shared__ int stop;
   for (int t = 0; finite; ++t) {
-    double g = 0.0, o = 0.0;
-    if (k < h)
-      tv2d::row_gap(xs + k * w, f.Z, tile.ld, h, w, k, l0, l1, static_cast<double>(xs[0]), &g, &o);
-    tile.part[k] = g;
-    tile.part[blockDim.x + k] = o;
+    if (k < h) {
+      tv2d::row_gap(xs + k * w, f.Z, tile.ld, h, w, k, l0, l1, static_cast<double>(xs[0]), unit,
+                    tile.part + k, blockDim.x);
+    }
     __syncthreads();
     if (k == 0) {
-      double total_gap = 0.0, total_obj = 0.0;
-      for (index_t r = 0; r < h; ++r) {
-        total_gap += tile.part[r];
-        total_obj += tile.part[blockDim.x + r];
-      }
+      double total_gap, total_obj;
+      tv2d::slice_gap(tile.part, blockDim.x, h, static_cast<double>(h * w), &total_gap,
+                      &total_obj);
       stop = tv2d::converged(total_gap, total_obj, tol) || t >= max_iter;
       if (stop) {
         n_iter[s] = t;
@@ -614,29 +664,26 @@ __global__ void __launch_bounds__(TV2D_BLOCK)
     tv2d_rows_gap(const T* __restrict__ x, const T* __restrict__ z, const T* __restrict__ lam0,
                   const T* __restrict__ lam1, cupytv::index_t lam_stride, cupytv::index_t slices,
                   cupytv::index_t h, cupytv::index_t w, const int* __restrict__ state,
-                  double* __restrict__ row_gap, double* __restrict__ row_obj) {
+                  const T* __restrict__ scale, double* __restrict__ terms) {
   cupytv::index_t s, r;
   if (!tv2d::fiber_of(slices, h, &s, &r) || state[s] != TV2D_ACTIVE) return;
   const cupytv::index_t base = s * h * w;
   tv2d::row_gap(x + base + r * w, z + base, w, h, w, r, static_cast<double>(lam0[s * lam_stride]),
                 static_cast<double>(lam1[s * lam_stride]), static_cast<double>(x[base]),
-                row_gap + s * h + r, row_obj + s * h + r);
+                tv2d::gap_unit(static_cast<double>(scale[s])), terms + s * h + r, slices * h);
 }
 
 // One thread per slice: sum the rows' terms in row order and decide (the fused path's rule).
 // active[t] counts the slices that go on to iteration t + 1 (the host may poll it).
 __global__ void __launch_bounds__(TV2D_BLOCK)
-    tv2d_decide(const double* __restrict__ row_gap, const double* __restrict__ row_obj,
-                cupytv::index_t slices, cupytv::index_t h, int t, int max_iter, double tol,
-                int* __restrict__ state, int* __restrict__ n_iter, double* __restrict__ gap,
-                int* __restrict__ active) {
+    tv2d_decide(const double* __restrict__ terms, cupytv::index_t slices, cupytv::index_t h,
+                cupytv::index_t w, int t, int max_iter, double tol, int* __restrict__ state,
+                int* __restrict__ n_iter, double* __restrict__ gap, int* __restrict__ active) {
   const cupytv::index_t s = cupytv::block_start_x() + threadIdx.x;
   if (s >= slices || state[s] != TV2D_ACTIVE) return;
-  double total_gap = 0.0, total_obj = 0.0;
-  for (cupytv::index_t r = 0; r < h; ++r) {
-    total_gap += row_gap[s * h + r];
-    total_obj += row_obj[s * h + r];
-  }
+  double total_gap, total_obj;
+  tv2d::slice_gap(terms + s * h, slices * h, h, static_cast<double>(h * w), &total_gap,
+                  &total_obj);
   if (tv2d::converged(total_gap, total_obj, tol) || t >= max_iter) {
     state[s] = TV2D_DONE;
     n_iter[s] = t;

@@ -56,6 +56,9 @@ FUSED_MAX_SHARED_BYTES = 64 * 1024
 GPU_POLL_EVERY = 8
 _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _DOUBLE_BYTES = 8
+#: Doubles per thread of the fused kernel's partial sums: the certificate's terms per row
+#: (TV2D_GAP_TERMS in cuda_src/tv2d.cu).
+_GAP_TERMS = 4
 _SAMPLES_PER_WORD = 16  # 2-bit jump codes per 32-bit word of the backward's record
 _NONFINITE = 2  # TV2D_NONFINITE
 
@@ -116,8 +119,11 @@ def prox_tv2d(
     Accuracy of the defaults (``tol=1e-3``): a relative objective gap of at most 1.001e-3 for every
     slice that converged (``info.converged``); natural and noisy piecewise-constant images need
     about 10-15 accelerated iterations (15-25 with Dykstra). ``tol=1e-6`` takes about 50
-    accelerated iterations (hundreds with Dykstra); float32 cannot certify much below ~1e-6 (the
-    rounding of the gap's sums).
+    accelerated iterations (hundreds with Dykstra). The gap stays an upper bound at any offset and
+    magnitude (a power-of-two scaling and a slack for the iterates' rounding, cuda_src/tv2d.cu), so
+    it cannot certify below what that rounding allows: float32 ~1e-5 on small images, float64
+    ~1e-6 for a small feature far from zero; such a ``tol`` runs ``max_iter`` iterations and
+    reports ``converged`` False.
 
     Args:
         x: NumPy or CuPy array of float16, float32 or float64 with at least 2 dimensions. float16
@@ -328,7 +334,8 @@ class _Problem:
         threads = -(-max(self.h, self.w) // WARP) * WARP
         arrays = 3 + self.momentum
         shared = (
-            2 * threads * _DOUBLE_BYTES + arrays * self.h * (self.w | 1) * self.compute.itemsize
+            _GAP_TERMS * threads * _DOUBLE_BYTES
+            + arrays * self.h * (self.w | 1) * self.compute.itemsize
         )
         return (threads, shared) if shared <= FUSED_MAX_SHARED_BYTES else None
 
@@ -366,25 +373,26 @@ def _forward(pb: _Problem, path: str | None = None):
     z[...] = pb.xc
     ub, u, wbuf = _state(pb)
     state = xp.zeros(pb.slices, dtype=np.int32)
-    row_gap = xp.empty(pb.slices * pb.h)
-    row_obj = xp.empty(pb.slices * pb.h)
+    terms = xp.empty(_GAP_TERMS * pb.slices * pb.h)
+    # Each slice's max|x|: the certificate is computed on the slice scaled by a power of two near
+    # it (gap_unit; the fused kernel computes the same maximum itself).
+    scale = _slice_max_abs(pb)
     active = xp.zeros(pb.max_iter + 1, dtype=np.int32)
     scratch = _scratch(pb)
     # The forward records nothing (replay == 0): placeholders for the record's arguments.
     no_bits = xp.zeros(1, dtype=np.uint32)
-    no_scale = xp.zeros(1, dtype=pb.compute)
     rows = _grid(pb.slices * pb.h)
     _multi(f"tv2d_check_finite<{ct}>", rows, (pb.xc, *dims, state))
     poll = 1 if xp is np else GPU_POLL_EVERY
     for t in range(pb.max_iter + 1):
         _multi(f"tv2d_rows_gap<{ct}>", rows,
-               (pb.xc, z, *pb.lam_args(), *dims, state, row_gap, row_obj))  # fmt: skip
+               (pb.xc, z, *pb.lam_args(), *dims, state, scale, terms))  # fmt: skip
         _multi("tv2d_decide", _grid(pb.slices),
-               (row_gap, row_obj, dims[0], dims[1], np.int32(t), np.int32(pb.max_iter),
-                np.float64(pb.tol), state, pb.n_iter, pb.gap, active))  # fmt: skip
+               (terms, *dims, np.int32(t), np.int32(pb.max_iter), np.float64(pb.tol), state,
+                pb.n_iter, pb.gap, active))  # fmt: skip
         if t == pb.max_iter:
             break
-        _iteration(pb, t, (pb.xc, ub, u, wbuf, z), state, 0, no_bits, no_scale, scratch)
+        _iteration(pb, t, (pb.xc, ub, u, wbuf, z), state, 0, no_bits, scale, scratch)
         if (t + 1) % poll == 0 and int(active[t]) == 0:
             break
     _multi(f"tv2d_fill_nan<{ct}>", rows, (z, *dims, state))
@@ -416,9 +424,8 @@ def _backward(pb: _Problem, gc, counts, path: str | None = None):
     scratch = _scratch(pb)
     rows, cols = _grid(pb.slices * pb.h), _grid(pb.slices * pb.w)
     _multi(f"tv2d_check_finite<{ct}>", rows, (pb.xc, *dims, state))
-    # Each slice's max|x|: the scale of the threshold below which a jump counts as none (the fused
-    # kernel computes the same maximum itself; a maximum is exact, so the paths agree).
-    scale = xp.ascontiguousarray(xp.abs(pb.xc).max(axis=(1, 2)))
+    # The scale of the threshold below which a jump counts as none.
+    scale = _slice_max_abs(pb)
     for t in range(n_max):
         _iteration(pb, t, (pb.xc, ub, u, wbuf, z), counts, 1, bits, scale, scratch)
     # Adjoints (the forward's buffers reused): a of Ub, b of U, xb of X, tb the work array.
@@ -453,6 +460,11 @@ def _iteration(pb: _Problem, t: int, arrays, control, replay: int, bits, scale, 
     _multi(f"tv2d_cols_prox<{ct}>", _grid(pb.slices * pb.w),
            (ub, u, wbuf, z, pb.lam0, stride, *dims, np.int32(pb.momentum), control,
             np.int32(replay), np.int32(t), bits, scale, scratch))  # fmt: skip
+
+
+def _slice_max_abs(pb: _Problem):
+    """Each slice's max|x|, as the fused kernel computes it (a maximum is exact: paths agree)."""
+    return pb.xp.ascontiguousarray(pb.xp.abs(pb.xc).max(axis=(1, 2)))
 
 
 def _state(pb: _Problem):

@@ -36,6 +36,12 @@ from cupytv.tv1d import _array_module, _check_out, _compute_dtype, prox_tv1d, pr
 from cupytv.tv2d import DEFAULT_MAX_ITER, DEFAULT_TOL, ProxInfo, prox_tv2d, prox_tv2d_vjp
 
 _F64 = np.dtype(np.float64)
+#: The certificate scales each volume by 2^-e, e = its max|x|'s exponent clamped to this, so that
+#: the factor stays finite for subnormal data (as gap_unit in cuda_src/tv2d.cu).
+_UNIT_EXP_MAX = 1000
+#: Factor on eps in the certificate's rounding slack, per compute dtype: Limits<T>::gap_slack in
+#: cuda_src/common.cuh, where the measurements behind it are.
+_GAP_SLACK = {np.dtype(np.float32): 1.0, np.dtype(np.float64): 8.0}
 #: Per compute dtype: values of an iterate's 1D solution within this fraction of max|x| of a
 #: segment's first value belong to that segment in the backward (as jump_rtol in tv2d.cu).
 FUSE_RTOL = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-9}
@@ -71,13 +77,17 @@ def prox_tv(
       :math:`p_i = \operatorname{prox}_{m \lambda_i TV_{a_i}}(z_i)` (the exact 1D prox along
       axis :math:`a_i` with weight :math:`m\lambda_i`), :math:`Y = \frac1m \sum_i p_i`,
       :math:`z_i \leftarrow Y + z_i - p_i`. Then :math:`u_i = (z_i - p_i)/m` is a subgradient
-      of the i-th TV term at :math:`p_i`, hence dual feasible, and :math:`Y = X - \sum_i u_i`;
-      the certified duality gap :math:`\mathrm{gap}(Y) = \sum_i \lambda_i TV_{a_i}(Y) -
-      \langle Y - \bar Y, \sum_i u_i\rangle \ge F(Y) - F^\star` (:math:`\bar Y` the volume's
-      mean, which changes nothing in exact arithmetic since every :math:`u_i` sums to zero, and
-      keeps an offset of the data out of the rounding) is accumulated in float64. A volume stops
-      when :math:`\mathrm{gap} \le \mathrm{tol}\cdot F` with
-      :math:`F = \tfrac12\lVert \sum_i u_i\rVert^2 + \sum_i \lambda_i TV_{a_i}(Y)`, or after
+      of the i-th TV term at :math:`p_i`, hence dual feasible, and with
+      :math:`S = \sum_i u_i` the certified duality gap
+      :math:`\mathrm{gap}(Y) = \sum_i \lambda_i TV_{a_i}(Y) - \langle Y - \bar Y, S\rangle
+      + \tfrac12\lVert X - Y - S\rVert^2 = F(Y) - D(S) \ge F(Y) - F^\star` holds for the
+      returned (rounded) Y, whether or not rounding has let :math:`X - Y` drift from S
+      (:math:`\bar Y` the volume's mean changes nothing since every :math:`u_i` sums to zero
+      along its fibers, which is enforced, and keeps an offset of the data out of the rounding).
+      It is accumulated in float64 on the volume scaled by a power of two near its max|x| (no
+      squares underflow or overflow), plus a slack for the rounding of the 1D solutions. A
+      volume stops when :math:`\mathrm{gap} \le \mathrm{tol}\cdot F` with
+      :math:`F = \tfrac12\lVert X - Y\rVert^2 + \sum_i \lambda_i TV_{a_i}(Y)`, or after
       ``max_iter`` iterations; its result is then frozen.
 
     Args:
@@ -315,7 +325,8 @@ def _dykstra(xv, lam_v, *, max_iter, tol, n_target, keep_history) -> _DykstraRun
         runs = finite & (n_target > 0)
         limit = int(n_target.max(initial=0))
     active = np.flatnonzero(runs)
-    z = [_take(xv, active, n_vol, xp)] * m  # never written in place: one array serves all
+    x_act = _take(xv, active, n_vol, xp)
+    z = [x_act] * m  # never written in place: one array serves all
     weights = [m * w[active] for w in lam_v]
     for k in range(limit):
         if active.size == 0:
@@ -329,8 +340,7 @@ def _dykstra(xv, lam_v, *, max_iter, tol, n_target, keep_history) -> _DykstraRun
         if keep_history:
             history.append((active, p))
         if n_target is None:
-            u_sum = (sum(z_i.astype(_F64) for z_i in z) - p_sum) / m  # sum_i (z_i - p_i) / m
-            rel = _relative_gap(y, u_sum, [w / m for w in weights], xp)
+            rel = _relative_gap(x_act, y, z, p, [w / m for w in weights], xp)
             gap[active] = rel
             done = rel <= tol
         else:
@@ -343,6 +353,7 @@ def _dykstra(xv, lam_v, *, max_iter, tol, n_target, keep_history) -> _DykstraRun
             y_out[xp.asarray(active[stop])] = y[xp.asarray(stop)]
             n_iter[active[stop]] = k + 1
             active = active[keep]
+            x_act = _take(x_act, keep, done.size, xp)
             z = [_take(z_i, keep, done.size, xp) for z_i in z]
             weights = [w[keep] for w in weights]
     zero_lam = finite & np.all([w.reshape(n_vol) == 0 for w in lam_v], axis=0)
@@ -398,26 +409,55 @@ def _dykstra_backward(gv, lam_v, run: _DykstraRun, scale):
     return sum(adj), grad_w
 
 
-def _relative_gap(y, u_sum, lam_a, xp) -> np.ndarray:
+def _relative_gap(x, y, z, p, lam_a, xp) -> np.ndarray:
     """Certified relative gap gap/F per volume (see :func:`prox_tv`), float64, on the host.
 
-    ``y``: (b, *vol) iterate; ``u_sum`` (float64): sum_i u_i; ``lam_a[i]``: (b, 1..) NumPy.
+    ``x``, ``y``: (b, *vol) data and iterate; ``z``, ``p``: the iteration's 1D inputs and
+    solutions per axis (compute dtype); ``lam_a[i]``: (b, 1..) NumPy weights of F.
     """
     m = len(lam_a)
     vol_axes = tuple(range(1, m + 1))
-    y64 = y.astype(_F64)
+    per_volume = (-1,) + (1,) * m
+    # Scale each volume by the power of two nearest its max|x| (exact): float64 data below ~1e-162
+    # made every square underflow (F = 0, y = x reported converged); above ~1e154 they overflow.
+    _, exponent = np.frexp(host_array(xp.abs(x).reshape(x.shape[0], -1).max(axis=1)))
+    unit = xp.asarray(np.ldexp(1.0, -np.clip(exponent, -_UNIT_EXP_MAX, _UNIT_EXP_MAX)))
+    unit = unit.reshape(per_volume)
+    x64 = x.astype(_F64) * unit
+    y64 = y.astype(_F64) * unit
+    # S = sum_i u_i with each (z_i - p_i) centred along its own fibers: exact 1D proxes leave
+    # residuals summing to 0 per fiber (the constraint that makes them D_i^T of a dual point);
+    # rounded ones do not, by ulps of |x|, which far from zero outweighed the whole gap.
+    s_sum = 0.0
+    for i, (z_i, p_i) in enumerate(zip(z, p, strict=True)):
+        u_i = z_i.astype(_F64) * unit - p_i.astype(_F64) * unit
+        s_sum = s_sum + (u_i - u_i.mean(axis=1 + i, keepdims=True))
+    del u_i
+    s_sum = s_sum / m
     tv = sum(
         xp.asarray(lam_i.reshape(-1)) * xp.abs(xp.diff(y64, axis=1 + i)).sum(axis=vol_axes)
         for i, lam_i in enumerate(lam_a)
-    )
+    ) * unit.reshape(-1)
+    # Temporaries are dropped as soon as used: this runs on whole batches, a float64 volume each.
+    r = x64 - y64
+    fit = 0.5 * (r * r).sum(axis=vol_axes)
+    # F(Y) - D(S), exact for any feasible S: its last term measures how far rounding has let
+    # X - Y drift from S (float32 iterates near 1e3 drift by ulps of 1e3 per iteration).
+    r -= s_sum
+    drift = 0.5 * (r * r).sum(axis=vol_axes)
+    del r
+    # The 1D solutions are rounded to y's dtype, so S is dual feasible only up to about eps * |x|
+    # per element: the slack keeps the gap an upper bound (as in tv2d.cu). Elements with S == 0
+    # (y == x: lam = 0, constant volumes) are exact and add none.
+    magnitude = xp.abs(x64) + xp.abs(y64)
+    del x64
     centered = y64 - y64.mean(axis=vol_axes, keepdims=True)
-    # The 1D proxes' outputs are rounded to y's dtype, so u_sum is a feasible dual point only up
-    # to about eps * |y| per element: the slack keeps the gap an upper bound (as in tv2d.cu).
-    # Elements with u_sum == 0 (y == x: lam = 0, constant volumes) are exact and add none.
-    eps = float(np.finfo(y.dtype).eps)
-    slack = eps * xp.where(u_sum != 0, xp.abs(centered) * (xp.abs(centered) + xp.abs(u_sum)), 0.0)
-    gap = xp.maximum(tv - (centered * u_sum).sum(axis=vol_axes) + slack.sum(axis=vol_axes), 0.0)
-    objective = 0.5 * (u_sum * u_sum).sum(axis=vol_axes) + tv
+    del y64
+    inner = (centered * s_sum).sum(axis=vol_axes)
+    eps = float(np.finfo(y.dtype).eps) * _GAP_SLACK[np.dtype(y.dtype)]
+    slack = eps * (xp.abs(centered) * xp.where(s_sum != 0, magnitude, 0.0)).sum(axis=vol_axes)
+    gap = xp.maximum(tv - inner + drift + slack, 0.0)
+    objective = fit + tv
     positive = objective > 0
     # F == 0 means y == x with no TV: solved exactly (gap 0 then, by the clamp above or not).
     rel = xp.where(

@@ -67,12 +67,6 @@ from cupytv.testing import images_2d, signals_1d
 FUZZ_EXAMPLES_ENV = "CUPYTV_FUZZ_EXAMPLES"
 
 
-#: Open bugs found by these properties (docs/RELIABILITY.md, F1-F4). Strict: a fix turns the
-#: test into an unexpected pass, which fails, so the mark is removed with the fix.
-def known_bug(reason):
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
 def _examples_from_env() -> int | None:
     raw = os.environ.get(FUZZ_EXAMPLES_ENV, "")
     if not raw:
@@ -252,8 +246,6 @@ def make_fibers(n, count, spec, rng) -> np.ndarray:
 def make_slices(h, w, count, spec, rng) -> np.ndarray:
     """(count, h, w) float64 slices of the drawn families and transforms."""
     families, transforms = spec
-    if h * w == 0:  # images_2d needs a pixel (it places a spike in the middle)
-        return np.empty((count, h, w))
     bank = [images_2d(h, w, rng) for _ in range(VARIANTS)]
     out = np.empty((count, h, w))
     for s in range(count):
@@ -461,6 +453,14 @@ class Problem2d:
         parts = self.lam if isinstance(self.lam, tuple) else (self.lam, self.lam)
         return self.per_slice(parts[0]), self.per_slice(parts[1])
 
+    def solved_slices(self, y, info):
+        """(s, x_s, y_s, gap_s, lam0, lam1) per slice of a solve's output, in float64."""
+        xs = self.slices(self.x.astype(np.float64))
+        ys = self.slices(y).astype(np.float64)
+        gaps = np.asarray(info.gap, np.float64).reshape(-1)
+        for s, (lam0, lam1) in enumerate(zip(*self.lam_pair(), strict=True)):
+            yield s, xs[s], ys[s], gaps[s], lam0, lam1
+
 
 @st.composite
 def problems_2d(draw, max_slices=MAX_REFERENCE_SLICES, sides=sides):
@@ -553,7 +553,6 @@ def assert_iterative_accuracy(y, want, x, n_iter, gap) -> None:
 # (c) 2D forward against the reference
 
 
-@known_bug("open bugs F1, F2: the 2D reference fails at tiny lam, merges steps far from 0")
 @fuzz(ci_examples=200)
 @given(problem=problems_2d(), method=st.sampled_from(METHODS_2D))
 def test_prox_tv2d_matches_reference(problem, method):
@@ -567,24 +566,20 @@ def test_prox_tv2d_matches_reference(problem, method):
     assert info.gap.shape == info.n_iter.shape == info.converged.shape == batch
     if y.size == 0:
         return
-    xs = problem.slices(problem.x.astype(np.float64))
-    ys = problem.slices(y).astype(np.float64)
-    gaps = np.asarray(info.gap, np.float64).reshape(-1)
-    for s, (lam0, lam1) in enumerate(zip(*problem.lam_pair(), strict=True)):
-        want = reference.prox_tv2d(xs[s], (lam0, lam1))
-        f = objective(ys[s], xs[s], lam0, lam1)
-        err = float(np.linalg.norm(ys[s] - want))
-        bound = gap_bound(gaps[s], f, xs[s])
-        assert err <= bound, f"slice {s}: ||y - y*|| = {err:.3e} > {bound:.3e} (gap {gaps[s]:.2e})"
+    for s, x_s, y_s, gap, lam0, lam1 in problem.solved_slices(y, info):
+        want = reference.prox_tv2d(x_s, (lam0, lam1))
+        f = objective(y_s, x_s, lam0, lam1)
+        err = float(np.linalg.norm(y_s - want))
+        bound = gap_bound(gap, f, x_s)
+        assert err <= bound, f"slice {s}: ||y - y*|| = {err:.3e} > {bound:.3e} (gap {gap:.2e})"
         if dtype == np.float64:
-            assert_iterative_accuracy(ys[s], want, xs[s], info.n_iter.flat[s], gaps[s])
+            assert_iterative_accuracy(y_s, want, x_s, info.n_iter.flat[s], gap)
 
 
 # ---------------------------------------------------------------------------------------------
 # (d) The certificate bounds the true gap after any number of iterations
 
 
-@known_bug("open bugs F1 (reference, tiny lam) and F4 (negative float64 2D gap far from zero)")
 @fuzz(ci_examples=150)
 @given(
     problem=problems_2d(),
@@ -603,16 +598,13 @@ def test_certified_gap_bounds_the_true_gap(problem, method, max_iter):
     )
     if y.size == 0:
         return
-    xs = problem.slices(problem.x.astype(np.float64))
-    ys = problem.slices(y).astype(np.float64)
-    gaps = np.asarray(info.gap, np.float64).reshape(-1)
-    for s, (lam0, lam1) in enumerate(zip(*problem.lam_pair(), strict=True)):
-        f = objective(ys[s], xs[s], lam0, lam1)
-        f_star = objective(reference.prox_tv2d(xs[s], (lam0, lam1)), xs[s], lam0, lam1)
+    for s, x_s, y_s, gap, lam0, lam1 in problem.solved_slices(y, info):
+        f = objective(y_s, x_s, lam0, lam1)
+        f_star = objective(reference.prox_tv2d(x_s, (lam0, lam1)), x_s, lam0, lam1)
         true_gap = (f - f_star) / f if f > 0 else 0.0  # F = 0: y = x with no TV, exact
-        assert_certificate_sign(gaps[s])
-        assert gaps[s] >= true_gap - GAP_SLACK, (
-            f"slice {s}: info.gap {gaps[s]:.3e} < true relative gap {true_gap:.3e} "
+        assert_certificate_sign(gap)
+        assert gap >= true_gap - GAP_SLACK, (
+            f"slice {s}: info.gap {gap:.3e} < true relative gap {true_gap:.3e} "
             f"(F {f:.6e}, F* {f_star:.6e}, n_iter {info.n_iter.flat[s]})"
         )
 
@@ -629,7 +621,6 @@ N_AXES_TIGHT = {
 }
 
 
-@known_bug("open bug F3: the N-D certificate is not an upper bound far from zero")
 @fuzz(ci_examples=40)
 @given(
     problem=problems_2d(
@@ -738,7 +729,6 @@ INVARIANCE_2D = {
 }
 
 
-@known_bug("open bug F4: hypothesis 6.170 draws a far-from-zero slice with a negative gap")
 @fuzz(ci_examples=50)
 @given(
     problem=problems_2d(max_slices=4, sides=large_sides),
@@ -785,30 +775,27 @@ def test_prox_tv2d_invariances(problem, method, shift):
 
 
 # ---------------------------------------------------------------------------------------------
-# What the properties above found, as minimal deterministic cases: open bugs, each asserting the
-# correct behaviour (it fails until the library is fixed) without waiting for a search to hit it.
+# What the properties above found, as minimal deterministic cases (docs/RELIABILITY.md F1-F4,
+# all fixed): regression tests that do not wait for a search to hit the input again.
 
 
-@known_bug("open bug F1")
 def test_reference_2d_tiny_lam_is_the_identity():
-    # lam = 1e-300: the prox is x to rounding. The reference's interior-point method stops on a
-    # complementarity tolerance relative to lam, which underflows (RuntimeError "did not converge").
+    # F1. lam = 1e-300: the prox is x to rounding. The reference's interior-point method stopped
+    # on a complementarity tolerance relative to lam, which underflowed ("did not converge").
     x = np.array([[1.0, -1.0]])
     np.testing.assert_allclose(reference.prox_tv2d(x, 1e-300), x, rtol=0, atol=1e-15)
 
 
-@known_bug("open bug F2")
 def test_reference_2d_keeps_small_steps_far_from_zero():
-    # Two pixels 4e-7 apart at 1e3, lam = 1e-12: each moves by lam toward the other. The
-    # reference's tolerances are relative to max|x|, so it merged them (2e-7 off); the 1D reference
-    # solves the same problem exactly.
+    # F2. Two pixels 4e-7 apart at 1e3, lam = 1e-12: each moves by lam toward the other. The
+    # reference's tolerances were relative to max|x|, so it merged them (2e-7 off); the 1D
+    # reference solves the same problem exactly.
     x = np.array([[1e3, 1e3 + 4e-7]])
     want = reference.prox_tv1d(x, 1e-12)
     np.testing.assert_allclose(reference.prox_tv2d(x, (0.0, 1e-12)), want, rtol=0, atol=1e-12)
     np.testing.assert_allclose(reference.prox_tv2d(x, 1e-12), want, rtol=0, atol=1e-12)
 
 
-@known_bug("open bug F3")
 @pytest.mark.parametrize(
     ("x", "lam"),
     [
@@ -826,12 +813,25 @@ def test_nd_certificate_bounds_the_true_gap_far_from_zero(x, lam):
     assert float(info.gap) >= (f - f_star) / f - GAP_SLACK
 
 
-@known_bug("open bug F4")
-def test_2d_certificate_is_never_negative():
-    # -1000 plus one 1e-5 spike on 63 x 63, lam 0.024 (found by the shift invariance): the float64
-    # certificate came out -1.9e-9 and the solve stopped after 3 iterations as converged.
-    x = -1000.0 + 1e-6 * images_2d(63, 63, np.random.default_rng(0))["spike"]
+@pytest.mark.parametrize(
+    ("shape", "height", "lam"),
+    [
+        # F4, found by the shift invariance: -1000 plus one 1e-5 spike, lam 0.024: the float64
+        # certificate came out -1.9e-9 and the solve stopped after 3 iterations as converged
+        # (R = X - Z summed to 2e-9, not 0).
+        ((63, 63), 1e-5, 0.024),
+        # Then, found by the same property: a 1e4 spike at -1000, lam 1e-7: -7.5e-7 (Condat's
+        # float64 segment sums round by a few ulps per sample, more than the slack allowed).
+        ((31, 32), 1e4, 1e-7),
+    ],
+)
+def test_2d_certificate_bounds_the_true_gap_far_from_zero(shape, height, lam):
+    x = -1000.0 + height / 10 * images_2d(*shape, np.random.default_rng(0))["spike"]
+    f_star = objective(reference.prox_tv2d(x, lam), x, lam, lam)
     for method in METHODS_2D:
-        _, info = cupytv.prox_tv2d(x, 0.024, method=method, tol=1e-10, max_iter=300,
-                                   return_info=True)  # fmt: skip
-        assert_certificate_sign(float(info.gap))
+        for max_iter in (1, 3, 10, 300):
+            y, info = cupytv.prox_tv2d(x, lam, method=method, tol=1e-10, max_iter=max_iter,
+                                       return_info=True)  # fmt: skip
+            assert_certificate_sign(float(info.gap))
+            f = objective(y, x, lam, lam)
+            assert float(info.gap) >= (f - f_star) / f - GAP_SLACK, (method, max_iter)

@@ -183,6 +183,132 @@ def test_empty_input():
     assert g0.shape == g1.shape == ()
 
 
+# ---- lam negligible next to the data, and data far from zero --------------------------------
+# Found by fuzzing. Tiny weights made the interior-point stopping rule underflow ("did not
+# converge" at lam = 1e-300); an offset of the data inflated the scale the fusing tolerance is
+# relative to, so small steps far from zero were merged.
+
+#: Weights that no solver resolves next to O(1) data: 1e-300 broke the stopping rule, 1e-310 and
+#: 5e-324 (the smallest subnormal) are subnormal.
+TINY_LAMS = [1e-300, 1e-310, 5e-324]
+#: Rounding allowed on top of the exact answer, in units of max|x|: the reference solves x − c
+#: and adds c back (c within the range of x), two roundings of at most one unit each.
+SHIFT_ROUNDING = 4 * np.finfo(np.float64).eps
+#: Offsets that put the data far from zero, and the size of its steps relative to the offset:
+#: below FUSE_RTOL = 1e-9, which the fusing tolerance used to be relative to, yet 1e5 rounding
+#: units, so merging a step costs far more than the tolerance.
+OFFSETS = [1e3, 1e5, 1e8]
+STEP_PER_OFFSET = 1e-10
+
+
+@pytest.mark.parametrize("tiny", TINY_LAMS)
+@pytest.mark.parametrize("shape", [(1, 5), (5, 1), (6, 7)])
+def test_tiny_lam_moves_no_pixel_beyond_its_bound(shape, tiny, rng):
+    # |y − x| = |Kᵀz| <= 2(lam0 + lam1) per pixel, which rounds to nothing here: y is x.
+    for name, x in images_2d(*shape, rng).items():
+        for lams in [(tiny, tiny), (0.0, tiny), (tiny, 0.0)]:
+            atol = 2 * sum(lams) + SHIFT_ROUNDING * np.max(np.abs(x))
+            np.testing.assert_allclose(
+                prox_tv2d(x, lams), x, rtol=0, atol=atol, err_msg=f"{name}, lam {lams}"
+            )
+
+
+@pytest.mark.parametrize("tiny", TINY_LAMS)
+def test_one_tiny_weight_leaves_the_1d_problems_of_the_other_axis(tiny, rng):
+    # The tiny weight moves no pixel by more than 2 * tiny (the prox is non-expansive in the max
+    # norm), so the rows (columns) are the independent 1D problems of test_reductions_to_1d.
+    for name, x in images_2d(9, 23, rng).items():
+        np.testing.assert_allclose(
+            prox_tv2d(x, (tiny, 0.3)), prox_tv1d(x, 0.3, axis=1), atol=1e-13, err_msg=name
+        )
+        np.testing.assert_allclose(
+            prox_tv2d(x, (0.3, tiny)), prox_tv1d(x, 0.3, axis=0), atol=1e-13, err_msg=name
+        )
+
+
+def test_a_tiny_per_slice_weight_stays_in_its_slice(rng):
+    x = rng.standard_normal((3, 6, 7))
+    lam = np.array([0.3, 1e-300, 5e-324]).reshape(3, 1, 1)
+    y = prox_tv2d(x, lam)
+    np.testing.assert_array_equal(y[0], prox_tv2d(x[0], 0.3))
+    np.testing.assert_allclose(y[1:], x[1:], rtol=0, atol=SHIFT_ROUNDING * np.max(np.abs(x)))
+
+
+def test_vjp_at_tiny_lam_has_the_structure_of_x(rng):
+    # Distinct pixel values: at a tiny weight every pixel is its own region and every edge jumps
+    # with the sign of x, so grad_x = g and grad_lam_a = Σ_edges sign(x_j − x_i)(g_i − g_j).
+    x = rng.standard_normal((6, 7))
+    g = rng.standard_normal(x.shape)
+    grad_x, (grad0, grad1) = prox_tv2d_vjp(x, (1e-300, 5e-324), g)
+    np.testing.assert_array_equal(grad_x, g)
+    for a, grad in enumerate((grad0, grad1)):
+        signs = np.sign(np.diff(x, axis=a))
+        g_lo, g_hi = np.delete(g, -1, axis=a), np.delete(g, 0, axis=a)
+        np.testing.assert_allclose(grad, np.sum(signs * (g_lo - g_hi)), rtol=1e-13)
+
+
+def test_a_small_step_far_from_zero_keeps_its_closed_form():
+    # Each pixel moves by lam toward the other: the step 4e-7 survives. The fusing tolerance
+    # used to be relative to max|x| = 1e3 and merged the pair (both 1000.0000002, 2e-7 off).
+    row = np.array([[1e3, 1e3 + 4e-7]])
+    want = np.array([[1e3 + 1e-12, 1e3 + 4e-7 - 1e-12]])
+    atol = SHIFT_ROUNDING * 1e3
+    for lams in [1e-12, (0.0, 1e-12), (5.0, 1e-12)]:
+        np.testing.assert_allclose(prox_tv2d(row, lams), want, rtol=0, atol=atol)
+    np.testing.assert_allclose(prox_tv2d(row.T, (1e-12, 0.0)), want.T, rtol=0, atol=atol)
+
+
+def far_from_zero(img, offset):
+    """offset + small steps, and those steps exactly as the array holds them (Sterbenz: x − offset
+    is exact for x within a factor 2 of offset)."""
+    x = offset + STEP_PER_OFFSET * offset * img
+    return x, x - offset
+
+
+@pytest.mark.parametrize("offset", OFFSETS)
+@pytest.mark.parametrize("lam_per_step", [0.05, 0.4])
+@pytest.mark.parametrize("shape", [(1, 9), (9, 1)])
+def test_small_steps_far_from_zero_match_the_1d_reference(shape, offset, lam_per_step, rng):
+    lam = lam_per_step * STEP_PER_OFFSET * offset
+    axis = 1 if shape[0] == 1 else 0
+    for name, img in images_2d(*shape, rng).items():
+        x, steps = far_from_zero(img, offset)
+        # The reference's tolerance relative to the steps it has to resolve, plus the rounding
+        # of values near the offset.
+        atol = 1e-12 * np.max(np.abs(steps)) + SHIFT_ROUNDING * np.max(np.abs(x))
+        np.testing.assert_allclose(
+            prox_tv2d(x, (lam, lam)), prox_tv1d(x, lam, axis=axis), rtol=0, atol=atol, err_msg=name
+        )
+
+
+@pytest.mark.parametrize("offset", OFFSETS)
+@pytest.mark.parametrize("lam_per_step", [0.05, 0.4])
+@pytest.mark.parametrize("shape", [(6, 7), (9, 23)])
+def test_small_steps_far_from_zero_match_the_shifted_solve(shape, offset, lam_per_step, rng):
+    # prox(x) = offset + prox(x − offset): the shifted problem has no offset to lose steps to.
+    lam = lam_per_step * STEP_PER_OFFSET * offset
+    for name, img in images_2d(*shape, rng).items():
+        x, steps = far_from_zero(img, offset)
+        atol = 1e-12 * np.max(np.abs(steps)) + SHIFT_ROUNDING * np.max(np.abs(x))
+        np.testing.assert_allclose(
+            prox_tv2d(x, lam), offset + prox_tv2d(steps, lam), rtol=0, atol=atol, err_msg=name
+        )
+
+
+@pytest.mark.parametrize("offset", OFFSETS)
+def test_vjp_is_invariant_to_an_offset(offset, rng):
+    # Gradients see only the regions, which the offset does not change: the same regions give
+    # bit-identical means of g, a different region would change them by O(|g|).
+    lam = (0.3 * STEP_PER_OFFSET * offset, 0.1 * STEP_PER_OFFSET * offset)
+    for name, img in images_2d(6, 7, rng).items():
+        x, steps = far_from_zero(img, offset)
+        g = rng.standard_normal(x.shape)
+        grad_x, grad_lam = prox_tv2d_vjp(x, lam, g)
+        want_x, want_lam = prox_tv2d_vjp(steps, lam, g)
+        np.testing.assert_array_equal(grad_x, want_x, err_msg=name)
+        np.testing.assert_array_equal(grad_lam, want_lam, err_msg=name)
+
+
 # ---- gradients ------------------------------------------------------------------------------
 
 

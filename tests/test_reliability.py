@@ -432,20 +432,10 @@ def test_float32_values_whose_difference_overflows():
 TINY64, HUGE64 = 2.0**-1000, 2.0**1000  # ≈ 9.3e-302 and 1.1e301: squares under/overflow
 
 
-# At 1e301 the 3-axis certificate overflows (NumPy warns) and the volume is flagged, as asserted.
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
-@pytest.mark.parametrize(
-    "scale",
-    [
-        # Open bug (docs/RELIABILITY.md): below ~1e-162 the squares in the 2D / N-D certificate
-        # underflow to 0, so F = 0 and y = x is reported converged (true gap 0.2-0.98); projected
-        # Newton is 1.7x the scale off. Strict, so a fix shows up as a failure to remove this.
-        pytest.param(TINY64, marks=pytest.mark.xfail(strict=True, reason="underflow, open")),
-        HUGE64,
-    ],
-    ids=["1e-301", "1e301"],
-)
+# Below ~1e-162 the squares in the 2D / N-D certificate used to underflow (F = 0: y = x reported
+# converged, true gap 0.2-0.98) and projected Newton came out 1.7x the scale off; above ~1e154
+# they overflowed. Certificates and PN now scale by a power of two (docs/RELIABILITY.md).
+@pytest.mark.parametrize("scale", [TINY64, HUGE64], ids=["1e-301", "1e301"])
 def test_float64_near_its_range_is_solved_or_flagged(scale, rng):
     """float64 data so small (or large) that squares underflow (overflow).
 
@@ -628,18 +618,6 @@ BOUNDED_1D = """
 """
 
 
-#: Open bugs (docs/RELIABILITY.md), asserted to still fail so that a fix is noticed:
-KNOWN_1D_BUGS = {
-    # Condat splits an exact tie (lam == lam_max) into two segments one ulp apart whose order is
-    # decided by rounding: y is right to 1 ulp, but the spurious jump flips grad_lam's sign.
-    ("ramp, lam = lam_max (a tie)", "condat"): "spurious 1-ulp jump at a tie",
-    ("short ramp, lam = lam_max (a tie)", "condat"): "spurious 1-ulp jump at a tie",
-    # Projected Newton reaches its iteration cap on two concatenated ramps with a large lam and
-    # returns a wrong y (4.4 off on data in [0, 10)) without any signal.
-    ("two short ramps, lam 1e3", "pn"): "pn silently wrong at its iteration cap",
-}
-
-
 def test_1d_solvers_terminate_and_are_exact_on_worst_cases(tmp_path):
     """Condat on the 10^6 ramp with a large lam (quadratic without its guard: minutes) and the
     taut string; projected Newton on long ramps (its slow case, capped at 100 iterations); all
@@ -656,7 +634,7 @@ def test_1d_solvers_terminate_and_are_exact_on_worst_cases(tmp_path):
     run_python(BOUNDED_1D, str(tmp_path / "cases.npz"), str(tmp_path / "out.npz"))
     out = np.load(tmp_path / "out.npz")
     assert len(out.files) == 2 * sum(len(methods) for _, _, methods in cases.values())
-    failures, known = [], set()
+    failures = []
     for key in out.files:
         method, dtype, i = key.split("-")
         label = list(cases)[int(i)]
@@ -669,13 +647,8 @@ def test_1d_solvers_terminate_and_are_exact_on_worst_cases(tmp_path):
         try:
             assert_tv1d_optimal(x_in, out[key], lam_in, f"{label}, {method}, {dtype}")
         except AssertionError as error:
-            if (label, method) in KNOWN_1D_BUGS:
-                known.add((label, method))
-            else:
-                failures.append(str(error).splitlines()[0])
+            failures.append(str(error).splitlines()[0])
     assert not failures, "\n".join(failures)
-    # Strict: a known bug that stops failing must leave this list (and docs/RELIABILITY.md).
-    assert known == set(KNOWN_1D_BUGS), f"fixed? {set(KNOWN_1D_BUGS) - known}"
 
 
 BOUNDED_2D = """

@@ -207,6 +207,25 @@ def test_random_walks_with_large_lam(xp, rng, method):
     )
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_projected_newton_resolves_the_fibers_it_cannot_certify(xp, rng, dtype, layout):
+    # Two concatenated ramps with lam = 1e3 stop PN at its iteration cap 4.4 off the prox
+    # (docs/RELIABILITY.md); the kernel flags them and the wrapper re-solves exactly those with
+    # the taut string, with their own lam, in place (also along a strided axis).
+    ramps = np.tile(np.arange(2000) * (10.0 / 2000), 2)
+    x = np.stack([ramps, rng.standard_normal(ramps.size), ramps[::-1], ramps])
+    lam = np.array([1e3, 0.5, 1e3, 2.0])[:, None]
+    if layout == "strided":
+        y = host_array(cupytv.prox_tv1d(xp.asarray(x.T.astype(dtype)), xp.asarray(lam.T),
+                                        axis=0, method="pn")).T  # fmt: skip
+    else:
+        y = host_array(cupytv.prox_tv1d(xp.asarray(x.astype(dtype)), xp.asarray(lam),
+                                        method="pn"))  # fmt: skip
+    want = expected(x, lam, dtype=dtype)
+    np.testing.assert_allclose(y, want, rtol=0, atol=tolerance(x, dtype))
+
+
 @pytest.mark.slow
 def test_worst_case_ramp_is_exact(xp):
     # Issue 4's worst case: x[i] = 10 i / N, lam = 1000, N = 2e5. Its time (linear: ~10 ms on one

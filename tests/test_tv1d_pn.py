@@ -56,11 +56,12 @@ def module(defines: tuple[str, ...] = ()) -> HostModule:
     return HostModule(kernel_source(), NAMES, defines=defines)
 
 
-def run_pn(x, lam, defines: tuple[str, ...] = ()) -> np.ndarray:
+def run_pn(x, lam, defines: tuple[str, ...] = (), flags: list | None = None) -> np.ndarray:
     """tv1d_pn over x of shape (outer, n, inner); lam a scalar or an array of shape (outer, inner).
 
     Outputs start as a sentinel value and the scratch as NaN, so unwritten outputs and reads of
-    scratch before writing cannot pass.
+    scratch before writing cannot pass. ``flags``, when given, receives the kernel's per-fiber
+    ``uncertified`` array (1: stopped without a certificate), shape (outer, inner).
     """
     x = np.ascontiguousarray(x)
     outer, n, inner = x.shape
@@ -75,8 +76,11 @@ def run_pn(x, lam, defines: tuple[str, ...] = ()) -> np.ndarray:
     scratch = np.full(max(1, per_element * n * fibers), np.nan, dtype=x.dtype)
     kernel = module(defines).get_function(f"tv1d_pn<{CTYPES[x.dtype]}>")
     args = (x, y, lam_arr, np.int64(strides[0]), np.int64(strides[1]), np.int64(outer))
-    args += (np.int64(n), np.int64(inner), scratch)
+    uncertified = np.zeros(max(1, fibers), dtype=np.int32)
+    args += (np.int64(n), np.int64(inner), scratch, uncertified)
     kernel(((fibers + BLOCK - 1) // BLOCK,), (BLOCK,), args)
+    if flags is not None:
+        flags.append(uncertified[:fibers].reshape(outer, inner))
     return y
 
 
@@ -250,14 +254,32 @@ def test_extreme_magnitudes_terminate():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_ramp_beyond_the_iteration_cap(dtype):
-    # PN frees one variable per flat end per iteration on a ramp, so this one runs into the cap;
-    # the polish's merges must still recover the exact structure.
+    # PN frees one variable per flat end per iteration on a ramp, PN's slow case; the polish's
+    # merges must recover the exact structure.
     n = 3000
     x = (10.0 * np.arange(n) / n).astype(dtype)
     lam = dtype(4.0)
     y = run_pn(x[None, :, None], lam)[0, :, 0]
     assert_matches_reference(x, lam, y, "ramp")
     assert_polished(x, lam, y, "ramp")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_uncertified_fibers_are_flagged_and_only_they(rng, dtype):
+    # Two concatenated ramps with lam = 1e3 (docs/RELIABILITY.md): PN stops at its cap 4.4 off
+    # the exact prox. The kernel flags it so that the wrapper re-solves it (tests/test_tv1d.py);
+    # fibers it certifies (noise, a step, a constant, lam = 0) must stay unflagged.
+    ramps = np.tile(np.arange(2000) * (10.0 / 2000), 2)
+    fibers = [ramps, rng.standard_normal(ramps.size), np.repeat([0.0, 1.0], ramps.size // 2),
+              np.full(ramps.size, 2.5)]  # fmt: skip
+    x = np.stack(fibers).astype(dtype)[:, :, None]
+    lam = np.array([[1e3], [0.5], [0.3], [1.0]], dtype=dtype)
+    flags = []
+    run_pn(x, lam, flags=flags)
+    assert flags[0][:, 0].tolist() == [1, 0, 0, 0]
+    flags = []
+    run_pn(x, dtype(0.0), flags=flags)
+    assert not flags[0].any(), "lam = 0 returns x: nothing to certify"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -11,6 +11,21 @@ Newton system (KKᵀ + D) dz = r is reduced by the Woodbury identity to the pixe
 (I + Kᵀ D⁻¹ K) w = Kᵀ D⁻¹ r, a weighted grid Laplacian plus the identity (SPD), factorised with
 SuperLU: about 15 factorisations per slice, 0.2 s for 64 x 64.
 
+Three reductions, two exact and one within two rounding units, keep every tolerance below
+relative to what the slice itself resolves:
+
+- *Offset.* The prox commutes with adding a constant, so each slice is solved as x − c with c
+  its midrange and shifted back: an offset of the data does not inflate the scale that the
+  tolerances are relative to.
+- *Provable jumps.* |y_p − x_p| = |(Kᵀz)_p| <= M_p = Σ_{edges e at p} lam_e, so an edge with
+  |x_j − x_i| > M_i + M_j keeps the sign of x_j − x_i in y and is never fused, whatever the
+  solver reads; when lam is negligible next to the data's steps, this decides every such step.
+- *Negligible weights.* An edge whose lam_e is below what the solver resolves is left out of the
+  interior-point solve (z_e = 0); the polish below still uses its weight. This is what keeps a
+  tiny lam (down to the smallest subnormal) from stalling the solver.
+
+All of it runs on x − c, the polish included; c is added back at the end.
+
 Its output is then *polished*: pixels joined by edges of (numerically) zero jump form connected
 regions, and each region R gets the value the optimality conditions give,
 
@@ -37,24 +52,38 @@ from .._validation import (
     unbroadcast,
 )
 
-#: Two pixels whose interior-point solution differs by at most this times max|x| are fused.
-#: The solve leaves fused pixels within ~1e-12 relative of each other (measured on 64 x 64 and
-#: 128 x 128 slices); true jumps of noisy data are orders larger. A true jump below this
-#: threshold would be misread as fused, costing an error of that size.
+#: Two pixels whose interior-point solution differs by at most this times the slice's spread
+#: max|x − c| (c its midrange) are fused, unless their step is a provable jump. The solve leaves
+#: fused pixels within ~1e-12 relative of each other (measured on 64 x 64 and 128 x 128 slices);
+#: true jumps of noisy data are orders larger. A true jump below this threshold that is also too
+#: small to be provable (|x_j − x_i| <= M_i + M_j <= 4(lam0 + lam1)) would be misread as fused,
+#: costing an error of that size.
 FUSE_RTOL = 1e-9
 
-#: Interior-point stopping rule on the scaled problem (max|x| = 1): mean complementarity
+#: Interior-point stopping rule on the scaled problem (max|x − c| = 1): mean complementarity
 #: below _IPM_MU_TOL * max(lam) and stationarity below _IPM_RES_TOL. Tighter than the structure
 #: needs: the extra two or three iterations widen the gap between fused and jumping pixels.
+#: With max(lam) >= _IPM_LAM_FLOOR the complementarity target stays >= 1e-36, far from underflow.
 _IPM_MU_TOL = 1e-20
 _IPM_RES_TOL = 1e-13
 _IPM_MAX_ITER = 100
+#: Edges with lam_e below this times the spread are left out of the interior-point solve. Their
+#: dual variables move no pixel by more than 4 * _IPM_LAM_FLOOR * spread (each pixel has at most
+#: four edges; the prox is non-expansive in the max norm, being monotone and commuting with
+#: constants), two rounding units of the data, far below the ~1e-12 the solve resolves. It also
+#: keeps max(lam) >= the floor, so the complementarity target cannot underflow: at lam = 1e-300 it
+#: did, and the solve never stopped.
+_IPM_LAM_FLOOR = 1e-16
 #: Lower bound on the barrier term D = s/w. Free edges drive D to 0 and the Woodbury system to a
 #: pure Laplacian whose per-region constant mode SuperLU can then lose; flooring D keeps the
 #: identity visible (condition number <= ~1e9) at the cost of slightly inexact Newton steps.
 _IPM_D_FLOOR = 1e-9
 #: Fraction of the way to the boundary a step may go (standard value).
 _IPM_STEP_FRACTION = 0.995
+#: Slack on the provable-jump test |x_j − x_i| > (M_i + M_j) * margin: the difference, the seven
+#: additions behind M_i + M_j and the product round nine times, by at most eps/2 relative each,
+#: so a step that passes with this margin passes in exact arithmetic.
+_JUMP_MARGIN = 1.0 + 8 * np.finfo(np.float64).eps
 
 
 def prox_tv2d(x, lam, axes=(-2, -1)) -> np.ndarray:
@@ -208,26 +237,46 @@ def _solve_slice(x: np.ndarray, lam0: float, lam1: float) -> _Regions:
         # No minimiser exists; keep the damage inside this slice and make it visible.
         return _Regions(np.full((h, w), np.nan), np.zeros(n, np.intp), np.ones(1), np.zeros((2, 1)))
     coupled = lam_e > 0  # a zero weight couples nothing: such edges are never fused
-    y_dual = _dual_solution(xf, ei[coupled], ej[coupled], lam_e[coupled])
-    tol = FUSE_RTOL * np.max(np.abs(xf)) if n else 0.0
-    fused = coupled & (np.abs(y_dual[ej] - y_dual[ei]) <= tol)
+    if not coupled.any():
+        # y = x exactly; returned as is, since the shift below would round it.
+        return _Regions(x.copy(), np.arange(n), np.ones(n), np.zeros((2, n)))
+    # Solve for x − offset, which is exact in exact arithmetic and makes the spread, not the
+    # offset, set the scale of FUSE_RTOL and of the interior-point method. The midrange gives the
+    # smallest spread; halving each term first cannot overflow.
+    offset = 0.5 * xf.max() + 0.5 * xf.min()
+    xs = xf - offset
+    spread = np.max(np.abs(xs))
+    proven = coupled & _provable_jumps(xf, ei, ej, lam_e)
+    solved = coupled & (lam_e > _IPM_LAM_FLOOR * spread)
+    y_dual = _dual_solution(xs, spread, ei[solved], ej[solved], lam_e[solved])
+    dual_step = y_dual[ej] - y_dual[ei]
+    fused = coupled & ~proven & (np.abs(dual_step) <= FUSE_RTOL * spread)
+    # A proven jump takes its sign from x, the other edges from the solve.
+    direction = np.where(proven, np.sign(xf[ej] - xf[ei]), np.sign(dual_step))
     while True:
-        labels, y, sizes, sigma, bad = _polish(xf, ei, ej, eaxis, lam0, lam1, fused, y_dual)
+        labels, y, sizes, sigma, bad = _polish(xs, ei, ej, eaxis, lam0, lam1, fused, direction)
+        bad &= ~proven  # a proven sign holds; a rounded tie between the values says nothing
         if not bad.any():
-            return _Regions(y.reshape(h, w), labels, sizes, sigma)
+            return _Regions((y + offset).reshape(h, w), labels, sizes, sigma)
         # Polishing contradicted a jump's sign: those neighbours belong together. Regions only
         # grow, so this loop ends after at most n - 1 merges.
         fused = fused | bad
 
 
-def _dual_solution(xf, ei, ej, lam_e):
+def _provable_jumps(xf, ei, ej, lam_e):
+    """Edges on which y provably jumps, keeping the sign of x_j − x_i (see the module docstring)."""
+    reach = np.bincount(ei, lam_e, xf.size) + np.bincount(ej, lam_e, xf.size)  # M_p
+    return np.abs(xf[ej] - xf[ei]) > (reach[ei] + reach[ej]) * _JUMP_MARGIN
+
+
+def _dual_solution(xf, scale, ei, ej, lam_e):
     """y = x − Kᵀz at the dual minimiser z, by the interior-point method of the module docstring.
 
-    Solved on the scaled problem x / max|x|, lam / max|x| (the prox is positively homogeneous),
-    so every tolerance above is relative. Variables: z, slacks wl = z + lam, wu = lam − z (kept
-    as variables, so rounding can never put z on a bound) and their multipliers sl, su.
+    Solved on the scaled problem x / scale, lam / scale with scale = max|x| (the prox is
+    positively homogeneous), so every tolerance above is relative. Variables: z, slacks
+    wl = z + lam, wu = lam − z (kept as variables, so rounding can never put z on a bound) and
+    their multipliers sl, su.
     """
-    scale = np.max(np.abs(xf))
     if ei.size == 0 or scale == 0:
         return xf.copy()
     x, lam = xf / scale, lam_e / scale
@@ -293,15 +342,16 @@ def _longest_step(v, step):
     return a
 
 
-def _polish(xf, ei, ej, eaxis, lam0, lam1, fused, y_dual):
-    """Closed-form region values for the structure ``fused``; also flag contradicted jumps."""
+def _polish(xf, ei, ej, eaxis, lam0, lam1, fused, direction):
+    """Closed-form region values for the structure ``fused`` and the signs ``direction`` of
+    y_j − y_i on the jumps; also flag the jumps whose sign the values contradict."""
     n = xf.size
     graph = sp.csr_matrix((np.ones(int(fused.sum())), (ei[fused], ej[fused])), shape=(n, n))
     n_regions, labels = connected_components(graph, directed=False)
     sizes = np.bincount(labels, minlength=n_regions).astype(np.float64)
     li, lj = labels[ei], labels[ej]
     jump = (li != lj) & np.where(eaxis == 0, lam0, lam1).astype(bool)
-    step = np.sign(y_dual[ej] - y_dual[ei]) * jump  # sign(y_N − y_R) seen from i's region
+    step = direction * jump  # sign(y_N − y_R) seen from i's region
     sigma = np.zeros((2, n_regions))
     for a in (0, 1):
         on_axis = eaxis == a
