@@ -106,10 +106,12 @@ __device__ __forceinline__ bool trivial_fiber(const T* x, index_t sx, T* y, inde
 // Ties: at lam = lam_max of a stretch (one segment or two are equally optimal) the scan may end a
 // segment whose value and its successor's agree in exact arithmetic, leaving them a rounding
 // apart; the spurious jump between them has a sign decided by rounding, which the backward reads
-// as a kink (the lam gradient's sign flipped on a ramp at lam_max). So each segment is held back
-// until the next one is known, and two whose values differ by rounding (TV1D_MERGE_ULPS of their
-// sums' magnitudes) are written as one, valued from their joint sum (the closed form of the
-// merged segment). Every sample is still written once.
+// as a kink (the lam gradient's sign flipped on a ramp at lam_max). So a segment whose value is
+// within rounding of the previous one's (TV1D_MERGE_ULPS of their sums' magnitudes, |sum_S x| +
+// lam per sample: at a tie lam is the largest partial sum of x - mean over the stretch, so it
+// stands in for sum |x| where the sum itself cancels) is written with the previous value: one
+// run of equal values, within rounding of the merged segment's closed form. Checked per segment,
+// with no per-sample work and nothing rewritten (deferring each segment's write cost ~10%).
 template <typename T>
 __device__ bool condat_scan(const T* x, index_t sx, T* y, index_t sy, index_t n, T lam_t,
                             index_t budget) {
@@ -117,56 +119,44 @@ __device__ bool condat_scan(const T* x, index_t sx, T* y, index_t sy, index_t n,
   index_t k0 = 0, k = 0, kmin = 0, kmax = 0;
   double ub = 0.0;  // u_{k0-1}: 0 at the fiber start, +lam after a jump down, -lam after one up
   double sum = static_cast<double>(x[0]);  // x[k0] + ... + x[k]
-  double asum = fabs(sum);                 // |x[k0]| + ... + |x[k]|: the scale of sum's rounding
   double smin = sum, smax = sum;           // the sums up to kmin, up to kmax
-  double amin = asum, amax = asum;
   double vmin = sum - lam, vmax = sum + lam;
   double umin = lam, umax = -lam;
-  // The segment held back: [pend_begin, pend_end), its sums, the dual before it, its value.
-  index_t pend_begin = 0, pend_end = 0;
-  double pend_sum = 0.0, pend_asum = 0.0, pend_ub = 0.0, pend_value = 0.0;
-  // Segment [begin, end) with sums s (signed) and a (absolute), dual ub before it and u_after at
-  // its last sample: merge it into the held one or write that one and hold this one.
-  auto emit = [&](index_t begin, index_t end, double s, double a, double u_before,
-                  double u_after) {
+  // The last segment written: its value, sum and length (a merged run counts as one).
+  double last_value = 0.0, last_sum = 0.0, last_len = 0.0;
+  // The value to write for segment [begin, end) with sum s and closed-form value `value`: the
+  // last segment's when the two differ by rounding only (see Ties above).
+  auto settle = [&](index_t begin, index_t end, double s, double value) {
     const double len = static_cast<double>(end - begin);
-    const double value = (s + u_before - u_after) / len;
-    if (pend_end > pend_begin) {
-      const double eps = 2.220446049250313e-16;  // the sums are doubles
-      const double plen = static_cast<double>(pend_end - pend_begin);
-      const double tol = TV1D_MERGE_ULPS * eps *
-                         ((pend_asum + lam) / plen + (a + lam) / len);
-      if (fabs(value - pend_value) <= tol) {
-        pend_end = end;
-        pend_sum += s;
-        pend_asum += a;
-        pend_value = (pend_sum + pend_ub - u_after) / static_cast<double>(end - pend_begin);
-        return;
-      }
-      fill(y, sy, pend_begin, pend_end, static_cast<T>(pend_value));
+    const double eps = 2.220446049250313e-16;  // the sums are doubles
+    // |value - last| <= MERGE eps ((|last_sum| + lam) / last_len + (|s| + lam) / len), times
+    // last_len len: no division on the path every segment takes.
+    const double spread = (fabs(last_sum) + lam) * len + (fabs(s) + lam) * last_len;
+    const double gap = fabs(value - last_value) * (last_len * len);
+    if (begin > 0 && gap <= TV1D_MERGE_ULPS * eps * spread) {
+      last_sum += s;
+      last_len += len;
+      return last_value;
     }
-    pend_begin = begin;
-    pend_end = end;
-    pend_sum = s;
-    pend_asum = a;
-    pend_ub = u_before;
-    pend_value = value;
+    last_value = value;
+    last_sum = s;
+    last_len = len;
+    return value;
   };
-  auto flush = [&]() { fill(y, sy, pend_begin, pend_end, static_cast<T>(pend_value)); };
   // End [k0, kmin] with a jump down after it (or [k0, kmax], up) and restart behind it.
 #define TV1D_JUMP(down)                                                                     \
   {                                                                                         \
     const index_t last = (down) ? kmin : kmax;                                              \
-    emit(k0, last + 1, (down) ? smin : smax, (down) ? amin : amax, ub, (down) ? lam : -lam); \
+    const double s_seg = (down) ? smin : smax;                                              \
+    const double value = settle(k0, last + 1, s_seg,                                        \
+                                (s_seg + ub + ((down) ? -lam : lam)) /                      \
+                                    static_cast<double>(last - k0 + 1));                    \
+    fill(y, sy, k0, last + 1, static_cast<T>(value));                                       \
     /* Unreachable (a bound is tightened only before the fiber's end), kept as a guard. */  \
-    if (last + 1 >= n) {                                                                    \
-      flush();                                                                              \
-      return true;                                                                          \
-    }                                                                                       \
+    if (last + 1 >= n) return true;                                                         \
     k0 = k = kmin = kmax = last + 1;                                                        \
     ub = (down) ? lam : -lam;                                                               \
     sum = smin = smax = static_cast<double>(x[k0 * sx]);                                    \
-    asum = amin = amax = fabs(sum);                                                         \
     vmin = sum + ub - lam;                                                                  \
     vmax = sum + ub + lam;                                                                  \
     umin = lam;                                                                             \
@@ -180,8 +170,8 @@ __device__ bool condat_scan(const T* x, index_t sx, T* y, index_t sy, index_t n,
       } else if (umax > 0.0) {
         TV1D_JUMP(false);
       } else {
-        emit(k0, n, sum, asum, ub, 0.0);
-        flush();
+        const double value = settle(k0, n, sum, (sum + ub) / static_cast<double>(n - k0));
+        fill(y, sy, k0, n, static_cast<T>(value));
         return true;
       }
       continue;
@@ -196,7 +186,6 @@ __device__ bool condat_scan(const T* x, index_t sx, T* y, index_t sy, index_t n,
     } else {
       ++k;
       sum += next;
-      asum += fabs(next);
       umin = umin_next;
       umax = umax_next;
       const double len = static_cast<double>(k - k0 + 1);
@@ -205,14 +194,12 @@ __device__ bool condat_scan(const T* x, index_t sx, T* y, index_t sy, index_t n,
         umin = lam;
         kmin = k;
         smin = sum;
-        amin = asum;
       }
       if (umax <= -lam) {
         vmax += (umax + lam) / len;
         umax = -lam;
         kmax = k;
         smax = sum;
-        amax = asum;
       }
     }
   }
