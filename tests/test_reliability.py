@@ -839,12 +839,9 @@ def test_fibers_beyond_2_31_elements_index_correctly():
     assert all(result.values()), result
 
 
-@pytest.mark.skipif(
-    os.environ.get("CUPYTV_TEST_HUGE") != "1",
-    reason="~30 s: the backward over 2^31 elements is opt-in, set CUPYTV_TEST_HUGE=1",
-)
+@pytest.mark.slow
 def test_vjp_beyond_2_31_elements_indexes_correctly():
-    """As above for tv1d_vjp, whose every fiber does real work (no lam to skip it), hence slow."""
+    """As above for tv1d_vjp, whose every fiber does real work (no lam to skip it): ~30 s."""
     result = _run_huge(with_vjp=True)
     assert all(result.values()), result
 
