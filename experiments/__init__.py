@@ -1,0 +1,1 @@
+"""Reproducible experiments that put cupytv's layers to work (see each folder's README)."""
