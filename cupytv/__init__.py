@@ -6,10 +6,12 @@
 ``cupytv.prox_tv_vjp`` for any number of axes. ``cupytv.reference`` holds the exact CPU solvers
 every kernel is validated against. ``cupytv.usable_cupy()`` returns CuPy when it can run
 kernels here (else None, and ``cupytv.gpu_unavailable_reason()`` says why).
+``cupytv.set_num_threads(n)`` sets the CPU threads of the host executor (NumPy arrays).
 """
 
 from cupytv import data
 from cupytv._device import gpu_unavailable_reason, usable_cupy
+from cupytv._host.launch import get_num_threads, set_num_threads
 from cupytv.tv1d import prox_tv1d, prox_tv1d_vjp
 from cupytv.tv2d import ProxInfo, prox_tv2d, prox_tv2d_vjp
 from cupytv.tvnd import prox_tv, prox_tv_vjp
@@ -17,6 +19,7 @@ from cupytv.tvnd import prox_tv, prox_tv_vjp
 __all__ = [
     "ProxInfo",
     "data",
+    "get_num_threads",
     "gpu_unavailable_reason",
     "prox_tv",
     "prox_tv1d",
@@ -24,6 +27,7 @@ __all__ = [
     "prox_tv2d",
     "prox_tv2d_vjp",
     "prox_tv_vjp",
+    "set_num_threads",
     "usable_cupy",
 ]
 

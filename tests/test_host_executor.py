@@ -15,6 +15,7 @@ import stat
 import numpy as np
 import pytest
 
+import cupytv
 from cupytv import _loader
 from cupytv._host import HostCompilerNotFoundError, HostModule
 from cupytv._host import build as host_build
@@ -341,6 +342,41 @@ def test_read_only_output_is_refused(reverse):
 def test_launch_configuration_is_checked(reverse, grid, block, shared, match):
     with pytest.raises((ValueError, TypeError), match=match):
         reverse(grid, block, good_args(), shared_mem=shared)
+
+
+# ---- worker threads: cupytv.set_num_threads ----
+
+# Each block records the OpenMP worker that ran it (host-only source: omp.h comes with the
+# host executor's header).
+WHO_RUNS = """
+__global__ void who(int* worker) {
+  if (threadIdx.x == 0) worker[blockIdx.x] = omp_get_thread_num();
+}
+"""
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_set_num_threads_bounds_the_workers_of_every_launch(n):
+    # On this 2-core machine OpenMP's default runs blocks on 2 workers, so n = 1 fails if the
+    # setting is ignored; n = 3 asks for more workers than cores (allowed, as with OpenMP).
+    who = HostModule(WHO_RUNS, ("who",)).get_function("who")
+    workers = np.full(4096, -1, np.int32)
+    cupytv.set_num_threads(n)
+    try:
+        assert cupytv.get_num_threads() == n
+        who((workers.size,), (32,), (workers,))
+    finally:
+        cupytv.set_num_threads(None)
+    assert cupytv.get_num_threads() is None
+    assert workers.min() >= 0, "every block ran"
+    assert workers.max() < n, f"a block ran on worker {workers.max()} with {n} threads set"
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True, "2"])
+def test_set_num_threads_refuses_bad_counts(bad):
+    with pytest.raises(ValueError, match=r"n: expected an int >= 1 or None"):
+        cupytv.set_num_threads(bad)
+    assert cupytv.get_num_threads() is None
 
 
 # ---- building: compiler discovery, disk cache ----

@@ -494,10 +494,13 @@ inline void run_block(Worker& w) {
 inline unsigned char* dynamic_shared() { return current_worker->dynamic_shared; }
 
 // The launch configuration as the Python side passes it (mirrored by a ctypes.Structure).
+// workers: OpenMP threads running the blocks (cupytv.set_num_threads), 0 for OpenMP's default
+// (OMP_NUM_THREADS, else every core), which the process's environment fixes at load time.
 struct LaunchConfig {
   unsigned int grid[3];
   unsigned int block[3];
   unsigned long long shared_mem;
+  int workers;
 };
 
 // Over-decomposing the grid into chunks keeps workers busy when blocks take uneven time.
@@ -508,9 +511,10 @@ void run_grid(const LaunchConfig& cfg, Body& body) {
   const long long gx = cfg.grid[0], gy = cfg.grid[1], gz = cfg.grid[2];
   const long long nblocks = gx * gy * gz;
   if (nblocks == 0) return;
+  const int workers = cfg.workers > 0 ? cfg.workers : omp_get_max_threads();
   const long long chunk =
-      std::max(1LL, nblocks / (static_cast<long long>(omp_get_max_threads()) * kChunksPerWorker));
-#pragma omp parallel if (nblocks > 1)
+      std::max(1LL, nblocks / (static_cast<long long>(workers) * kChunksPerWorker));
+#pragma omp parallel num_threads(workers) if (nblocks > 1)
   {
     Worker& w = setup_worker();
     blockDim = dim3{cfg.block[0], cfg.block[1], cfg.block[2]};

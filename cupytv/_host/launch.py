@@ -34,7 +34,34 @@ class _LaunchConfig(ctypes.Structure):
         ("grid", ctypes.c_uint * 3),
         ("block", ctypes.c_uint * 3),
         ("shared_mem", ctypes.c_ulonglong),
+        ("workers", ctypes.c_int),
     )
+
+
+#: Worker threads per launch (set_num_threads); 0: OpenMP's default.
+_workers = 0
+
+
+def set_num_threads(n: int | None) -> None:
+    """Run the host executor's launches (NumPy arrays) on ``n`` CPU threads; None: the default.
+
+    The default is OpenMP's: ``OMP_NUM_THREADS`` as the process started, else every core. This
+    changes it at any time, for every later launch in the process: on a machine whose cores other
+    work keeps busy, fewer threads are faster (the blocks of a launch join at its end, and one
+    descheduled thread holds them all). GPU launches are unaffected.
+    """
+    global _workers
+    if n is None:
+        _workers = 0
+        return
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise ValueError(f"n: expected an int >= 1 or None (the default), got {n!r}")
+    _workers = int(n)
+
+
+def get_num_threads() -> int | None:
+    """The thread count :func:`set_num_threads` set, or None when OpenMP's default applies."""
+    return _workers or None
 
 
 def _dims(value: int | Sequence[int], what: str, limits: tuple[int, int, int]) -> tuple[int, ...]:
@@ -98,7 +125,7 @@ class HostKernel:
                 self._check_scalar(i, arg, dtype)
                 slots[i : i + 1].view(np.uint8)[: dtype.itemsize].view(dtype)[0] = arg
             argv[i] = base + 8 * i
-        config = _LaunchConfig(grid3, block3, int(shared_mem))
+        config = _LaunchConfig(grid3, block3, int(shared_mem), _workers)
         self._launcher(ctypes.byref(config), argv)
 
     def _check_array(self, i: int, arg, is_const: bool, dtype: np.dtype) -> None:

@@ -224,10 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     device = select_device(args.device)
     threads = args.threads or config.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
-    # cupytv's host executor (the TV baseline, and the TV layer on the CPU) has its own OpenMP
-    # runtime, which reads this when it loads, at the first TV call: without it the layer would
-    # use every core whatever --threads says.
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+    # cupytv's host executor (the TV baseline, and the TV layer on the CPU) has its own thread
+    # count: without this the layer would use every core whatever --threads says.
+    cupytv.set_num_threads(threads)
     out = args.out or RESULTS_DIR / (f"{config.name}-custom" if changed else config.name)
     out.mkdir(parents=True, exist_ok=True)
     print(f"config {config.name}: {config}", flush=True)
