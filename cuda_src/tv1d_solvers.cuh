@@ -255,10 +255,12 @@ __device__ void taut_string_solve(const T* x, index_t sx, T* y, index_t sy, inde
   auto bend = [&](double p, double fp, double tp) {
     if (a > pend_a) {
       const double before = (fa - pend_fa) / (a - pend_a), after = (fp - fa) / (p - a);
-      // Rounding of a slope from running sums of magnitude |f| over a length l: ~eps |f| / l.
+      // Rounding of a slope from running sums of magnitude |f| over a length l: ~eps |f| / l. A
+      // vertex is f = S -+ lam, rounded like S and lam, which |f| alone understates where the
+      // two cancel (a tie on zero-mean data: two segments 1.4e-15 apart), hence |f| + 2 lam.
       const double eps = 2.220446049250313e-16;
-      const double spread = (fabs(fa) + fabs(pend_fa)) / (a - pend_a) +
-                            (fabs(fp) + fabs(fa)) / (p - a);
+      const double spread = (fabs(fa) + fabs(pend_fa) + 4.0 * lam) / (a - pend_a) +
+                            (fabs(fp) + fabs(fa) + 4.0 * lam) / (p - a);
       const double tol = TV1D_MERGE_ULPS * eps * spread;
       if (!(fabs(after - before) <= tol)) flush();
     }

@@ -651,6 +651,23 @@ def test_1d_solvers_terminate_and_are_exact_on_worst_cases(tmp_path):
     assert not failures, "\n".join(failures)
 
 
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_a_zero_mean_tie_is_one_segment(method):
+    """lam = lam_max of a ramp centred on 0: the prox is the constant mean, one segment, and
+    grad_lam (the derivative from above at the tie) is 0. Around 0 a value's own ulps are far
+    below the rounding of the sums behind it, which is what a tie test must allow for: the taut
+    string's merge tolerance took the magnitude of its hull vertices S -+ lam, which cancel
+    there, and left two segments 1.4e-15 apart (grad_lam -0.042 for this g; docs/RELIABILITY.md)."""
+    n = 1000
+    x = np.arange(n) * (10.0 / n) - 5.0 + 5.0 / n
+    lam = tv1d_lam_max(x)
+    y = cupytv.prox_tv1d(x, lam, method=method)
+    assert np.unique(y).size == 1, f"{np.unique(y).size} segments: {np.unique(y)[:3]}"
+    g = np.random.default_rng(0).standard_normal(n)
+    _, grad_lam = cupytv.prox_tv1d_vjp(g, y, lam)
+    assert float(grad_lam) == 0.0
+
+
 BOUNDED_2D = """
     import sys
     import numpy as np
