@@ -65,6 +65,16 @@ def normalize_axis(axis, ndim: int, name: str = "axis") -> int:
 MAX_ITERATIONS = 2**31 - 2
 
 
+def method_entry(method, methods: dict, default: str):
+    """``methods[method]`` for a method name (``"auto"``: ``default``), else a ValueError that
+    lists the names."""
+    if method == "auto":
+        method = default
+    if not isinstance(method, str) or method not in methods:
+        raise ValueError(f"method: expected one of {['auto', *methods]}, got {method!r}")
+    return methods[method]
+
+
 def check_max_iter(max_iter, minimum: int = 0) -> int:
     """Return ``max_iter`` as an int in ``[minimum, MAX_ITERATIONS]``, else raise.
 

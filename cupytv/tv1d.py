@@ -16,6 +16,7 @@ from cupytv._validation import (
     host_array,
     is_cupy_array,
     lam_to_array,
+    method_entry,
     normalize_axis,
     unbroadcast,
 )
@@ -300,11 +301,7 @@ def _resolve_uncertified(uncertified, xc, y, lam_b, view) -> None:
 
 
 def _kernel_name(method) -> str:
-    if method == "auto":
-        method = DEFAULT_METHOD
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method: expected one of {['auto', *METHODS]}, got {method!r}")
-    return METHODS[method]
+    return method_entry(method, METHODS, DEFAULT_METHOD)
 
 
 def _array_module(a, name: str):

@@ -20,6 +20,7 @@ from cupytv._validation import (
     check_same_array_kind,
     check_tol,
     lam_to_array,
+    method_entry,
     normalize_axes,
     split_lam_pair,
     unbroadcast,
@@ -244,11 +245,7 @@ def prox_tv2d_vjp(
 
 def momentum_flag(method) -> int:
     """The kernels' momentum flag for a method name (``"auto"`` included), else ValueError."""
-    if method == "auto":
-        method = DEFAULT_METHOD
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method: expected one of {['auto', *METHODS]}, got {method!r}")
-    return METHODS[method]
+    return method_entry(method, METHODS, DEFAULT_METHOD)
 
 
 class _Problem:
