@@ -426,7 +426,7 @@ class Bench:
             return Entry((case, "backward", impl, method, t), fn, 3 * x.nbytes, ref, gpu)
 
         def api_vjp(g, y):
-            return lambda: self.api.prox_tv1d_vjp(g, y, LAM)[0]
+            return lambda: self.api.prox_tv1d_vjp(None, LAM, g, y=y)[0]
 
         entries = []
         if self.args.methods and cpu:

@@ -3,7 +3,7 @@
 Not a test: prints tables and writes JSON. Every forward row solves, for every 2D slice X of x,
     Y = argmin_Y F(Y) = 1/2 ||Y - X||^2 + lam sum |Y[i+1,j] - Y[i,j]| + lam sum |Y[i,j+1] - Y[i,j]|
 (the same weight on both axes) with cupytv.prox_tv2d, each of its methods (accelerated, dykstra)
-as its own row; backward rows time cupytv.prox_tv2d_vjp(g, x, lam, n_iter=info.n_iter) with
+as its own row; backward rows time cupytv.prox_tv2d_vjp(x, lam, g, n_iter=info.n_iter) with
 g ~ N(0, 1) (seeded).
 
 Inputs (seeded; float32 values, and the float64 cases use those very values, so both dtypes
@@ -354,7 +354,7 @@ def case_entries(
                 Entry(
                     label("fixed", "backward", None),
                     lambda xa=xa, ga=ga, n=info.n_iter, m=method: cupytv.prox_tv2d_vjp(
-                        ga, xa, lam, n_iter=n, method=m
+                        xa, lam, ga, n_iter=n, method=m
                     ),
                     floor_bwd,
                     backward_check(FIXED_ITERS),
@@ -587,7 +587,7 @@ def warm_up(gpu) -> None:
             for n in (8, 2 * tv2d.FUSED_MAX_N):
                 x = xp.zeros((1, n, n), dtype)
                 _, info = cupytv.prox_tv2d(x, IMAGE_LAM, return_info=True)
-                cupytv.prox_tv2d_vjp(x, x, IMAGE_LAM, n_iter=info.n_iter)
+                cupytv.prox_tv2d_vjp(x, IMAGE_LAM, x, n_iter=info.n_iter)
 
 
 def kernel_sha1() -> str:

@@ -25,8 +25,9 @@ problem against one reference.
 
 Rows (each skipped, with a note, when its package is not importable):
   cupytv            every method, through the torch layer (cupytv.torch.prox_tv1d / prox_tv2d,
-                    then y.backward(g)) and through the array API (prox_tv1d + prox_tv1d_vjp(g,
-                    y, lam); prox_tv2d(..., max_iter=10, tol=0) + prox_tv2d_vjp(..., n_iter)), on
+                    then y.backward(g)) and through the array API (prox_tv1d + prox_tv1d_vjp(x,
+                    lam, g, y=y); prox_tv2d(..., max_iter=10, tol=0) + prox_tv2d_vjp(...,
+                    n_iter)), on
                     the host executor (NumPy / CPU tensors) and, when CuPy can launch, on the GPU.
   proxTV            the seed's CPU layer: proxTV's tv1_1d per fiber from a Python loop (float64;
                     `classictautstring`, the plain taut string, and `pn`, projected Newton), and
@@ -451,7 +452,7 @@ def cupytv_array(kind: str, xp, dtype, method: str, iters: int | None, sync) -> 
                 return cupytv.prox_tv1d(x, lam, method=method)
 
             def backward(y):
-                return cupytv.prox_tv1d_vjp(g, y, lam)
+                return cupytv.prox_tv1d_vjp(None, lam, g, y=y)
 
             return Runner(forward, backward, host_result, sync)
 
@@ -461,7 +462,7 @@ def cupytv_array(kind: str, xp, dtype, method: str, iters: int | None, sync) -> 
             )
 
         def backward(state):
-            return cupytv.prox_tv2d_vjp(g, x, lam, n_iter=state[1].n_iter, method=method)
+            return cupytv.prox_tv2d_vjp(x, lam, g, n_iter=state[1].n_iter, method=method)
 
         def result(state, grads):
             return host_result(state[0], grads)
@@ -992,7 +993,7 @@ def warm_kernels(env: Env) -> None:
         for dtype in (np.float32, np.float64):
             x = xp.zeros((2, 8), dtype)
             for method in tv1d.METHODS:
-                cupytv.prox_tv1d_vjp(x, cupytv.prox_tv1d(x, 0.1, method=method), 0.1)
+                cupytv.prox_tv1d_vjp(None, 0.1, x, y=cupytv.prox_tv1d(x, 0.1, method=method))
     torch = env.torch
     if torch is None:
         return

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -215,3 +216,29 @@ def _array_kind(a) -> str:
     if is_cupy_array(a):
         return "cupy.ndarray"
     return f"{type(a).__module__}.{type(a).__name__}"
+
+
+def vjp_arguments(name: str, x, lam, g):
+    """``(x, lam, g, legacy)``: a VJP's arguments in cupytv's order, ``(x, lam, g)``.
+
+    Before 0.2 the array API took ``(g, x_or_y, lam)``. Such a call is recognisable, so it keeps
+    working for one release with a DeprecationWarning instead of silently computing the gradient
+    at the wrong point: read in the new order, its ``lam`` is an array of x's shape (the old x or
+    y) while its ``g`` is not (the old lam: a number, a pair or a reduced array). A weight of x's
+    full shape is possible only when the TV axes have length 1, and then ``g`` has x's shape too.
+    ``legacy`` tells the caller the second argument was the old one (for 1D, the output ``y``).
+    """
+
+    def full(a):
+        return (isinstance(a, np.ndarray) or is_cupy_array(a)) and a.shape == np.shape(x)
+
+    if x is None or not full(lam) or full(g):
+        return x, lam, g, False
+    warnings.warn(
+        f"{name}(g, ..., lam) is deprecated: every VJP now takes (x, lam, g) in that order "
+        f"(the reference's); this call was read in the old order, which stops working in the "
+        f"next release",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return lam, g, x, True

@@ -114,7 +114,7 @@ def cases(quick: bool) -> list[Case]:
 
         def run_vjp1(xp, dtype=dtype, to=to):
             y = cupytv.prox_tv1d(to(xp, x1), lam1)
-            gx, _ = cupytv.prox_tv1d_vjp(to(xp, g1), y, lam1)
+            gx, _ = cupytv.prox_tv1d_vjp(None, lam1, to(xp, g1), y=y)
             return _err(gx, ref1_vjp[0], g1), GRADIENT_TOL[dtype]
 
         out.append(Case("prox_tv1d_vjp", dtype, x1.shape, run_vjp1))
@@ -128,7 +128,7 @@ def cases(quick: bool) -> list[Case]:
 
             def run2_vjp(xp, method=method, dtype=dtype, to=to):
                 gx, _ = cupytv.prox_tv2d_vjp(
-                    to(xp, g2), to(xp, x2), lam2, n_iter=CONVERGED_ITERS, method=method
+                    to(xp, x2), lam2, to(xp, g2), n_iter=CONVERGED_ITERS, method=method
                 )
                 return _err(gx, ref2_vjp[0], g2), GRADIENT_TOL[dtype]
 
@@ -147,8 +147,8 @@ def cases(quick: bool) -> list[Case]:
 
         def run3_vjp(xp, dtype=dtype, to=to):
             gx, _ = cupytv.prox_tv_vjp(
-                to(xp, g3), to(xp, x3), (0.7, *lam2), axes=(1, 2, 3), n_iter=CONVERGED_ITERS
-            )  # fmt: skip
+                to(xp, x3), (0.7, *lam2), to(xp, g3), axes=(1, 2, 3), n_iter=CONVERGED_ITERS
+            )
             return _err(gx, ref3_vjp, g3), GRADIENT_TOL[dtype]
 
         out.append(Case("prox_tv 3 axes", dtype, x3.shape, run3))

@@ -19,6 +19,7 @@ from cupytv._validation import (
     method_entry,
     normalize_axis,
     unbroadcast,
+    vjp_arguments,
 )
 
 STEM = "tv1d"
@@ -124,12 +125,13 @@ def prox_tv1d(x, lam, axis: int = -1, *, method: str = "auto", out=None):
     return y.astype(dtype, copy=False)
 
 
-def prox_tv1d_vjp(g, y, lam, axis: int = -1, *, fuse_atol: float = 0.0):
+def prox_tv1d_vjp(x, lam, g, axis: int = -1, *, y=None, fuse_atol: float = 0.0):
     r"""Gradients of :math:`\langle g, \mathrm{prox}_{\lambda TV}(x)\rangle` w.r.t. x and lam.
 
-    Takes the forward's *output* ``y`` (not x), so a framework saves one array and the backward is
-    one O(n) pass per fiber. The prox is piecewise affine: on each constant segment :math:`S` of
-    ``y``, :math:`y_S = \operatorname{mean}_S(x) + \lambda (s_{out} - s_{in}) / |S|`, with
+    Every VJP in cupytv (and in :mod:`cupytv.reference`) takes ``(x, lam, g, axes, ...)`` in that
+    order. The gradient depends on x only through the forward's *output* ``y``: the prox is
+    piecewise affine, and on each constant segment :math:`S` of ``y``,
+    :math:`y_S = \operatorname{mean}_S(x) + \lambda (s_{out} - s_{in}) / |S|`, with
     :math:`s_{in}, s_{out}` the signs of the jumps into and out of :math:`S` (0 at the fiber
     ends), so
 
@@ -137,15 +139,19 @@ def prox_tv1d_vjp(g, y, lam, axis: int = -1, *, fuse_atol: float = 0.0):
         \nabla_x = \operatorname{mean}_S(g) \text{ on each } S, \qquad
         \nabla_\lambda = \sum_S (s_{out} - s_{in})\, \operatorname{mean}_S(g).
 
-    Segments are runs of equal values of ``y``; :func:`prox_tv1d` writes one bit-identical value
-    per segment, so pass its output unchanged. At lam == 0 every sample is its own segment (the
-    one-sided derivative at 0+, as in :func:`cupytv.reference.prox_tv1d_vjp`).
+    Pass the forward's output as ``y=`` (the fast path a framework uses: it saves one array and
+    the backward is one O(n) pass per fiber; ``x`` may then be None); without it, ``y`` is
+    recomputed from ``x`` with the default method. Segments are runs of equal values of ``y``;
+    :func:`prox_tv1d` writes one bit-identical value per segment, so pass its output unchanged.
+    At lam == 0 every sample is its own segment (the one-sided derivative at 0+, as in
+    :func:`cupytv.reference.prox_tv1d_vjp`).
 
     Args:
-        g: upstream gradient, same shape, dtype and kind as ``y``.
-        y: the output of :func:`prox_tv1d` for the same ``lam`` and ``axis``.
-        lam: the weight used in the forward (only its shape matters here).
+        x: the forward's input, or None when ``y`` is given.
+        lam: the weight used in the forward (with ``y=``, only its shape matters).
+        g: upstream gradient, the shape, dtype and kind of x (or y).
         axis: the axis the forward ran along.
+        y: optional, the output of :func:`prox_tv1d` for this ``x``, ``lam`` and ``axis``.
         fuse_atol: samples within this of their segment's first value belong to the segment.
             0 (default) for :func:`prox_tv1d`'s outputs, whose segments are bit-identical; a small
             multiple of the data's scale for outputs of iterative solvers (cupytv.prox_tv passes
@@ -156,21 +162,44 @@ def prox_tv1d_vjp(g, y, lam, axis: int = -1, *, fuse_atol: float = 0.0):
         for a scalar lam), summed over the fibers that shared a weight, in y's dtype. A fiber
         whose ``y`` holds NaN gets NaN gradients.
 
+    Raises:
+        TypeError, ValueError: neither x nor y given; x and y (or g) of different shapes, dtypes
+            or kinds; the checks of :func:`prox_tv1d`. The order before 0.2, ``(g, y, lam)``,
+            still works for this release with a DeprecationWarning.
+
     Example:
         >>> import numpy as np
         >>> from cupytv import prox_tv1d, prox_tv1d_vjp
-        >>> y = prox_tv1d(np.array([0.0, 0.0, 3.0, 3.0]), 1.0)
-        >>> prox_tv1d_vjp(np.array([1.0, 0.0, 0.0, 0.0]), y, 1.0)
+        >>> x = np.array([0.0, 0.0, 3.0, 3.0])
+        >>> prox_tv1d_vjp(x, 1.0, np.array([1.0, 0.0, 0.0, 0.0]))
         (array([0.5, 0.5, 0. , 0. ]), array(0.5))
+        >>> y = prox_tv1d(x, 1.0)  # a framework saves the output and passes it on
+        >>> prox_tv1d_vjp(None, 1.0, np.array([1.0, 0.0, 0.0, 0.0]), y=y)[0]
+        array([0.5, 0.5, 0. , 0. ])
     """
-    xp = _array_module(y, "y")
-    check_same_array_kind(g, y, "g", "y")
-    dtype = check_float_dtype(y.dtype, "y")
-    check_float_dtype(g.dtype, "g")
-    if g.shape != y.shape or g.dtype != y.dtype:
-        raise ValueError(
-            f"g: expected y's shape and dtype {y.shape} {y.dtype}, got {g.shape} {g.dtype}"
+    x, lam, g, legacy = vjp_arguments("prox_tv1d_vjp", x, lam, g)
+    if legacy:  # the old second argument was the output
+        x, y = None, x
+    if x is None and y is None:
+        raise TypeError(
+            "prox_tv1d_vjp: expected x (the forward's input) or y= (its output), got neither"
         )
+    # g is checked against the array the caller passed (x, else y), so messages name that one.
+    name, given = ("x", x) if x is not None else ("y", y)
+    xp = _array_module(given, name)
+    dtype = check_float_dtype(given.dtype, name)
+    for other, arr in (("g", g), ("y", y if x is not None else None)):
+        if arr is None:
+            continue
+        check_same_array_kind(arr, given, other, name)
+        check_float_dtype(arr.dtype, other)
+        if arr.shape != given.shape or arr.dtype != given.dtype:
+            raise ValueError(
+                f"{other}: expected {name}'s shape and dtype {given.shape} {given.dtype}, got "
+                f"{arr.shape} {arr.dtype}"
+            )
+    if y is None:
+        y = prox_tv1d(x, lam, axis)
     if y.ndim == 0:
         raise ValueError("y: expected an array with at least 1 dimension, got a 0-d array")
     ax = normalize_axis(axis, y.ndim)

@@ -24,6 +24,7 @@ from cupytv._validation import (
     normalize_axes,
     split_lam_pair,
     unbroadcast,
+    vjp_arguments,
 )
 from cupytv.tv1d import (
     GUARD_MIN_N,
@@ -173,9 +174,9 @@ def prox_tv2d(
 
 
 def prox_tv2d_vjp(
-    g,
     x,
     lam,
+    g,
     axes=(-2, -1),
     *,
     n_iter=None,
@@ -198,9 +199,9 @@ def prox_tv2d_vjp(
     as the iterations do.
 
     Args:
-        g: upstream gradient, x's shape, dtype and kind.
         x: the forward's input (not its output).
         lam, axes, max_iter, tol, method: as given to :func:`prox_tv2d`.
+        g: upstream gradient, x's shape, dtype and kind.
         n_iter: the forward's ``info.n_iter`` (an int array of the batch shape, or an int for
             every slice): the iterations to differentiate through. When None, the forward's
             stopping rule is re-run first (deterministic, so the counts are the same; one more
@@ -210,15 +211,21 @@ def prox_tv2d_vjp(
         ``(grad_x, grad_lam)``: grad_x has x's shape and dtype; grad_lam has lam's shape, or is a
         pair for a pair lam, in x's dtype. Slices with non-finite x get NaN gradients.
 
+    Raises:
+        TypeError, ValueError: as :func:`prox_tv2d`, plus mismatched ``g`` or a bad ``n_iter``.
+            The order before 0.2, ``(g, x, lam)``, still works for this release with a
+            DeprecationWarning.
+
     Example:
         >>> import numpy as np
         >>> from cupytv import prox_tv2d_vjp
         >>> x = np.array([[0.0, 4.0], [0.0, 4.0]])
-        >>> gx, gl = prox_tv2d_vjp(np.array([[1.0, 0.0], [0.0, 0.0]]), x, 1.0, tol=1e-9)
+        >>> gx, gl = prox_tv2d_vjp(x, 1.0, np.array([[1.0, 0.0], [0.0, 0.0]]), tol=1e-9)
         >>> gx, gl
         (array([[0.5, 0. ],
                [0.5, 0. ]]), array(1.))
     """
+    x, lam, g, _ = vjp_arguments("prox_tv2d_vjp", x, lam, g)
     problem = _Problem(x, lam, axes, max_iter, tol, method)
     xp = problem.xp
     check_same_array_kind(g, x, "g", "x")

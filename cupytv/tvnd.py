@@ -31,6 +31,7 @@ from cupytv._validation import (
     lam_to_array,
     normalize_axis,
     unbroadcast,
+    vjp_arguments,
 )
 from cupytv.tv1d import _array_module, _check_out, _compute_dtype, prox_tv1d, prox_tv1d_vjp
 from cupytv.tv2d import DEFAULT_MAX_ITER, DEFAULT_TOL, ProxInfo, prox_tv2d, prox_tv2d_vjp
@@ -174,9 +175,9 @@ def prox_tv(
 
 
 def prox_tv_vjp(
-    g,
     x,
     lam,
+    g,
     axes,
     *,
     n_iter=None,
@@ -211,14 +212,14 @@ def prox_tv_vjp(
 
     and :math:`\bar X = \sum_i a_i^0`. :math:`J^\top` and :math:`\partial_w^\top` (w = the
     1D weight :math:`m\lambda_i`, hence the factor m) come from
-    ``prox_tv1d_vjp(p̄, p_i^k, m λ_i, a_i)``, which needs only the 1D prox's output. A volume
+    ``prox_tv1d_vjp(None, m λ_i, p̄, a_i, y=p_i^k)``, which needs only the 1D prox's output. A volume
     that stopped after N iterations is frozen afterwards (identity), so its backward starts at
     its own k = N-1 while the batch goes on.
 
     Args:
-        g: upstream gradient, x's shape, dtype and kind.
         x: the forward's input.
         lam, axes, max_iter, tol: as given to the forward.
+        g: upstream gradient, x's shape, dtype and kind.
         n_iter: optional, the forward's ``info.n_iter`` (NumPy or x's kind, x's shape without
             the TV axes, or broadcastable to it): replays exactly those iteration counts.
 
@@ -230,15 +231,18 @@ def prox_tv_vjp(
 
     Raises:
         TypeError, ValueError: as :func:`prox_tv`, plus mismatched ``g`` or a bad ``n_iter``.
+            The order before 0.2, ``(g, x, lam)``, still works for this release with a
+            DeprecationWarning.
 
     Example:
         >>> import numpy as np
         >>> from cupytv.tvnd import prox_tv, prox_tv_vjp
         >>> x = np.arange(8.0).reshape(2, 2, 2)
-        >>> gx, glam = prox_tv_vjp(np.ones_like(x), x, 0.1, axes=(0, 1, 2))
+        >>> gx, glam = prox_tv_vjp(x, 0.1, np.ones_like(x), axes=(0, 1, 2))
         >>> bool(np.allclose(gx, 1.0)), bool(abs(glam) < 1e-9)
         (True, True)
     """
+    x, lam, g, _ = vjp_arguments("prox_tv_vjp", x, lam, g)
     xp = _array_module(x, "x")
     check_same_array_kind(g, x, "g", "x")
     dtype = check_float_dtype(x.dtype)
@@ -254,10 +258,10 @@ def prox_tv_vjp(
     if m == 1:
         lam_user = lam[0] if per_axis else lam
         y = prox_tv1d(x, lams[0], tv_axes[0])
-        grad_x, grad_lam = prox_tv1d_vjp(g, y, lam_user, tv_axes[0])
+        grad_x, grad_lam = prox_tv1d_vjp(None, lam_user, g, tv_axes[0], y=y)
         return grad_x, ((grad_lam,) if per_axis else grad_lam)
     if m == 2:
-        return prox_tv2d_vjp(g, x, lam, axes=tv_axes, n_iter=n_iter, max_iter=max_iter, tol=tol)
+        return prox_tv2d_vjp(x, lam, g, axes=tv_axes, n_iter=n_iter, max_iter=max_iter, tol=tol)
     batch_shape = _batch_shape(x.shape, tv_axes)
     n_target = None if n_iter is None else _check_n_iter(n_iter, batch_shape)
     lam_shapes = [np.shape(lam_i) for lam_i in lam] if per_axis else [np.shape(lam)]
@@ -393,7 +397,7 @@ def _dykstra_backward(gv, lam_v, run: _DykstraRun, scale):
             p_bar = y_bar / m - a[i]
             unit = p[i] / (scale if full else scale[idx])
             gz, gw = prox_tv1d_vjp(
-                p_bar, unit, m * lam_v[i][active], axis=1 + i, fuse_atol=fuse_atol
+                None, m * lam_v[i][active], p_bar, axis=1 + i, y=unit, fuse_atol=fuse_atol
             )
             a[i] = a[i] + gz
             contribution = m * gw.reshape(-1).astype(_F64)

@@ -375,7 +375,7 @@ def test_prox_tv1d_vjp_matches_reference_away_from_kinks(problem, method, seed):
     dtype = problem.dtype
     g = np.random.default_rng(seed).standard_normal(problem.x.shape).astype(dtype)
     y = cupytv.prox_tv1d(problem.x, problem.lam, axis=problem.axis, method=method)
-    gx, gl = cupytv.prox_tv1d_vjp(g, y, problem.lam, axis=problem.axis)
+    gx, gl = cupytv.prox_tv1d_vjp(None, problem.lam, g, y=y, axis=problem.axis)
     assert gx.shape == g.shape
     assert gx.dtype == dtype
     assert isinstance(gl, np.ndarray)

@@ -86,7 +86,9 @@ ARRAY = {
         frozenset({"iters", "out"}),
     ),
     "prox_tv1d_vjp": Entry(
-        lambda x, lam, g=None, **kw: cupytv.prox_tv1d_vjp(_g(x) if g is None else g, x, lam, **kw),
+        lambda x, lam, g=None, **kw: cupytv.prox_tv1d_vjp(
+            None, lam, _g(x) if g is None else g, y=x, **kw
+        ),
         1,
         frozenset({"fuse_atol"}),
         vjp=True,
@@ -94,14 +96,14 @@ ARRAY = {
         lam_range=False,  # reads only lam's shape and which weights are 0
     ),
     "prox_tv2d_vjp": Entry(
-        lambda x, lam, g=None, **kw: cupytv.prox_tv2d_vjp(_g(x) if g is None else g, x, lam, **kw),
+        lambda x, lam, g=None, **kw: cupytv.prox_tv2d_vjp(x, lam, _g(x) if g is None else g, **kw),
         2,
         frozenset({"method", "iters", "n_iter"}),
         vjp=True,
     ),
     "prox_tv_vjp": Entry(
         lambda x, lam, g=None, axes=(1, 2, 3), **kw: cupytv.prox_tv_vjp(
-            _g(x) if g is None else g, x, lam, axes, **kw
+            x, lam, _g(x) if g is None else g, axes, **kw
         ),
         3,
         frozenset({"iters", "n_iter"}),
@@ -351,7 +353,7 @@ def test_n_iter_beyond_int32_no_longer_wraps_around():
     # Regression: 2**32 + 3 was cast to int32 (3) and the backward silently replayed 3 iterations.
     x = X[0, 0]
     assert_refused(
-        lambda: cupytv.prox_tv2d_vjp(_g(x), x, LAM, n_iter=np.int64(2**32 + 3)),
+        lambda: cupytv.prox_tv2d_vjp(x, LAM, _g(x), n_iter=np.int64(2**32 + 3)),
         ValueError,
         r"n_iter: expected counts <= 2\*\*31 - 2",
         "got 4294967299",
@@ -760,7 +762,7 @@ def test_torch_lam_requiring_grad_gets_the_array_api_gradient():
     lam = torch.full((2, 3, 6, 1), LAM, dtype=torch.float64)
     y, _, grad_lam = _forward_backward(lambda a, b: t_prox_tv1d(a, b), x, lam)
     weights = torch.cos(3 * torch.arange(y.numel(), dtype=y.dtype)).reshape(y.shape)
-    _, want = cupytv.prox_tv1d_vjp(weights.numpy(), y.numpy(), lam.numpy())
+    _, want = cupytv.prox_tv1d_vjp(None, lam.numpy(), weights.numpy(), y=y.numpy())
     assert grad_lam.shape == lam.shape
     np.testing.assert_array_equal(grad_lam.numpy(), want)
 
@@ -985,7 +987,7 @@ def test_arrays_on_two_gpus_do_not_mix():
         g = cupy.asarray(_g(X))
     assert_refused(lambda: cupytv.prox_tv1d(x, LAM, out=out), ValueError,
                    "out: expected an array on x's device 0", "got device 1")  # fmt: skip
-    assert_refused(lambda: cupytv.prox_tv1d_vjp(g, x, LAM), ValueError,
+    assert_refused(lambda: cupytv.prox_tv1d_vjp(None, LAM, g, y=x), ValueError,
                    "g: expected an array on y's device 0", "got device 1")  # fmt: skip
 
 

@@ -102,14 +102,14 @@ def _tv1d_strided(x, lam, g):
 
 def _tv1d_vjp(x, lam, g):
     y = cupytv.prox_tv1d(x, lam)
-    gx, gl = cupytv.prox_tv1d_vjp(g, y, lam)
+    gx, gl = cupytv.prox_tv1d_vjp(None, lam, g, y=y)
     return {"y": y, "grad_x": gx, "grad_lam": gl}
 
 
 def _tv1d_vjp_given_y(x, lam, g):
     # The backward on its own: its data input is y, here any array (every run of equal values a
     # segment), so a non-finite value reaches it directly rather than through the forward.
-    gx, gl = cupytv.prox_tv1d_vjp(g, x, lam)
+    gx, gl = cupytv.prox_tv1d_vjp(None, lam, g, y=x)
     return {"grad_x": gx, "grad_lam": gl}
 
 
@@ -131,7 +131,7 @@ def _tv2d(method, layout="batch_first"):
 def _tv2d_vjp(method):
     def run(x, lam, g):
         _, info = cupytv.prox_tv2d(x, lam, method=method, return_info=True)
-        gx, gl = cupytv.prox_tv2d_vjp(g, x, lam, method=method, n_iter=info.n_iter)
+        gx, gl = cupytv.prox_tv2d_vjp(x, lam, g, method=method, n_iter=info.n_iter)
         return {"grad_x": gx, "grad_lam": gl}
 
     return run
@@ -147,7 +147,7 @@ def _tvnd(x, lam, g):
 
 def _tvnd_vjp(x, lam, g):
     _, info = cupytv.prox_tv(x, lam, axes=ND_AXES, return_info=True)
-    gx, gl = cupytv.prox_tv_vjp(g, x, lam, axes=ND_AXES, n_iter=info.n_iter)
+    gx, gl = cupytv.prox_tv_vjp(x, lam, g, axes=ND_AXES, n_iter=info.n_iter)
     return {"grad_x": gx, "grad_lam": gl}
 
 
@@ -361,7 +361,7 @@ def test_extreme_magnitudes_match_the_reference(dtype, pattern, rng):
         y = cupytv.prox_tv1d(x, lam, method=method)
         assert np.all(np.abs(y - exact) <= bound), method
     g = rng.standard_normal(x.shape).astype(dtype)
-    gx, gl = cupytv.prox_tv1d_vjp(g, cupytv.prox_tv1d(x, lam), lam)
+    gx, gl = cupytv.prox_tv1d_vjp(None, lam, g, y=cupytv.prox_tv1d(x, lam))
     rgx, rgl = reference.prox_tv1d_vjp(x64, lam_in, g.astype(F64))
     np.testing.assert_allclose(gx, rgx, rtol=0, atol=REFERENCE_ULPS * eps * np.abs(g).max())
     # grad_lam is a sum of +-segment means of g: bounded by sum|g| per fiber.
@@ -409,7 +409,7 @@ def test_float32_values_whose_difference_overflows():
         for method in ("condat", "taut_string", "pn"):
             y = cupytv.prox_tv1d(x, lam, method=method)
             np.testing.assert_array_equal(y, expected, err_msg=f"lam={lam}, {method}")
-        gx, gl = cupytv.prox_tv1d_vjp(g, expected, lam)
+        gx, gl = cupytv.prox_tv1d_vjp(None, lam, g, y=expected)
         one_segment = expected[0] == expected[1]
         np.testing.assert_array_equal(gx, [1.5, 1.5] if one_segment else g)
         assert gl == (0.0 if one_segment else 1.0)
@@ -664,7 +664,7 @@ def test_a_zero_mean_tie_is_one_segment(method):
     y = cupytv.prox_tv1d(x, lam, method=method)
     assert np.unique(y).size == 1, f"{np.unique(y).size} segments: {np.unique(y)[:3]}"
     g = np.random.default_rng(0).standard_normal(n)
-    _, grad_lam = cupytv.prox_tv1d_vjp(g, y, lam)
+    _, grad_lam = cupytv.prox_tv1d_vjp(None, lam, g, y=y)
     assert float(grad_lam) == 0.0
 
 
@@ -879,7 +879,7 @@ def test_one_fiber_of_ten_million_samples(dtype, rng):
     assert_tv1d_optimal(x, y, lam_in, "condat")
     assert_tv1d_optimal(x, cupytv.prox_tv1d(x, lam, method="taut_string"), lam_in, "taut string")
     g = rng.standard_normal(LONG_N).astype(dtype)
-    gx, gl = cupytv.prox_tv1d_vjp(g, y, lam)
+    gx, gl = cupytv.prox_tv1d_vjp(None, lam, g, y=y)
     want_gx, want_gl, means, mean_abs = tv1d_vjp_by_segments(y, g)
     eps = np.finfo(dtype).eps
     # A segment mean carries one rounding to dtype and at most eps64 * mean|g| * |S| of sum error.
@@ -908,7 +908,7 @@ def representative_outputs(d) -> dict[str, np.ndarray]:
     """Strided 1D (Condat and PN), 2D with its info and VJP, 3 axes with its info."""
     x1, x2, x3, g2 = d["x1"], d["x2"], d["x3"], d["g2"]
     y2, info2 = cupytv.prox_tv2d(x2, 0.2, tol=1e-5, return_info=True)
-    gx2, gl2 = cupytv.prox_tv2d_vjp(g2, x2, 0.2, n_iter=info2.n_iter, tol=1e-5)
+    gx2, gl2 = cupytv.prox_tv2d_vjp(x2, 0.2, g2, n_iter=info2.n_iter, tol=1e-5)
     y3, info3 = cupytv.prox_tv(x3, 0.2, axes=ND_AXES, return_info=True)
     return {
         "tv1d": cupytv.prox_tv1d(x1, 0.3, axis=0),
@@ -986,12 +986,12 @@ def test_repeated_calls_do_not_grow_memory_or_rebuild_kernels(rng):
         lambda: cupytv.prox_tv1d(x1, 0.3),
         lambda: cupytv.prox_tv1d(x1, 0.3, method="taut_string"),
         lambda: cupytv.prox_tv1d(x1, 0.3, method="pn"),
-        lambda: cupytv.prox_tv1d_vjp(g1, y1, 0.3),
+        lambda: cupytv.prox_tv1d_vjp(None, 0.3, g1, y=y1),
         lambda: cupytv.prox_tv2d(x2, 0.3, method="dykstra", max_iter=5, return_info=True),
         lambda: cupytv.prox_tv2d(x2, 0.3, max_iter=5, return_info=True),
-        lambda: cupytv.prox_tv2d_vjp(x2, x2, 0.3, n_iter=3),
+        lambda: cupytv.prox_tv2d_vjp(x2, 0.3, x2, n_iter=3),
         lambda: cupytv.prox_tv(x3, 0.3, axes=ND_AXES, max_iter=2, tol=0, return_info=True),
-        lambda: cupytv.prox_tv_vjp(x3, x3, 0.3, axes=ND_AXES, n_iter=2),
+        lambda: cupytv.prox_tv_vjp(x3, 0.3, x3, axes=ND_AXES, n_iter=2),
     ]
 
     def rounds(count):

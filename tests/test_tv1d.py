@@ -279,7 +279,7 @@ def test_out_argument(xp, rng):
 def test_empty_inputs(xp):
     assert cupytv.prox_tv1d(xp.zeros((0, 5)), 1.0).shape == (0, 5)
     assert cupytv.prox_tv1d(xp.zeros((3, 0)), 1.0).shape == (3, 0)
-    gx, gl = cupytv.prox_tv1d_vjp(xp.zeros((3, 0)), xp.zeros((3, 0)), xp.ones((3, 1)))
+    gx, gl = cupytv.prox_tv1d_vjp(None, xp.ones((3, 1)), xp.zeros((3, 0)), y=xp.zeros((3, 0)))
     assert gx.shape == (3, 0)
     assert gl.shape == (3, 1)
 
@@ -300,7 +300,7 @@ def test_vjp_matches_reference(xp, rng, method, dtype):
         lam = rng.uniform(0.01, 2.0, (x.shape[0], 1))
         g = rng.standard_normal(x.shape)
         y = cupytv.prox_tv1d(xp.asarray(x.astype(dtype)), xp.asarray(lam), method=method)
-        gx, gl = cupytv.prox_tv1d_vjp(xp.asarray(g.astype(dtype)), y, xp.asarray(lam))
+        gx, gl = cupytv.prox_tv1d_vjp(None, xp.asarray(lam), xp.asarray(g.astype(dtype)), y=y)
         x_in = x.astype(dtype).astype(np.float64)
         lam_in = lam.astype(dtype).astype(np.float64)
         rgx, rgl = reference.prox_tv1d_vjp(x_in, lam_in, g.astype(dtype).astype(np.float64))
@@ -325,7 +325,7 @@ def test_vjp_matches_central_differences(xp, rng):
         return float(np.sum(g * host_array(cupytv.prox_tv1d(xp.asarray(x_), xp.asarray(lam_)))))
 
     y = cupytv.prox_tv1d(xp.asarray(x), xp.asarray(lam))
-    gx, gl = cupytv.prox_tv1d_vjp(xp.asarray(g), y, xp.asarray(lam))
+    gx, gl = cupytv.prox_tv1d_vjp(None, xp.asarray(lam), xp.asarray(g), y=y)
     fd_x = (f(x + h * v, lam) - f(x - h * v, lam)) / (2 * h)
     np.testing.assert_allclose(float(np.sum(host_array(gx) * v)), fd_x, rtol=1e-6, atol=1e-8)
     for row in range(3):
@@ -343,7 +343,7 @@ def test_vjp_at_lam_zero_is_the_identity_even_on_ties(xp):
     lam = np.array([[0.0], [0.5], [0.0]])
     g = np.array([[1.0, 2.0, 3.0, 4.0]] * 3)
     gx, gl = cupytv.prox_tv1d_vjp(
-        xp.asarray(g), cupytv.prox_tv1d(xp.asarray(x), xp.asarray(lam)), xp.asarray(lam)
+        None, xp.asarray(lam), xp.asarray(g), y=cupytv.prox_tv1d(xp.asarray(x), xp.asarray(lam))
     )
     gx, gl = host_array(gx), host_array(gl)
     for row in range(2):
@@ -360,7 +360,7 @@ def test_vjp_every_axis_and_scalar_lam(xp, rng):
     g = rng.standard_normal(x.shape)
     for axis in range(4):
         y = cupytv.prox_tv1d(xp.asarray(x), 0.4, axis=axis)
-        gx, gl = cupytv.prox_tv1d_vjp(xp.asarray(g), y, 0.4, axis=axis)
+        gx, gl = cupytv.prox_tv1d_vjp(None, 0.4, xp.asarray(g), y=y, axis=axis)
         rgx, rgl = reference.prox_tv1d_vjp(x, 0.4, g, axis=axis)
         assert gl.shape == ()
         assert type(gl) is type(gx)  # a 0-d array, not a NumPy scalar
@@ -372,7 +372,7 @@ def test_vjp_nan_fiber_gives_nan_gradients(xp, rng):
     x = rng.standard_normal((4, 10))
     x[2, 3] = np.nan
     y = cupytv.prox_tv1d(xp.asarray(x), 0.3)
-    gx, gl = cupytv.prox_tv1d_vjp(xp.ones_like(y), y, xp.full((4, 1), 0.3))
+    gx, gl = cupytv.prox_tv1d_vjp(None, xp.full((4, 1), 0.3), xp.ones_like(y), y=y)
     gx, gl = host_array(gx), host_array(gl)
     assert np.all(np.isnan(gx[2]))
     assert np.isnan(gl[2, 0])
@@ -407,9 +407,9 @@ def test_validation_messages(xp):
     with pytest.raises(ValueError, match="out: expected a C-contiguous array"):
         cupytv.prox_tv1d(x, 1.0, out=xp.zeros((4, 3)).T)
     with pytest.raises(ValueError, match=r"g: expected y's shape and dtype \(3, 4\)"):
-        cupytv.prox_tv1d_vjp(xp.zeros((3, 5)), x, 1.0)
+        cupytv.prox_tv1d_vjp(None, 1.0, xp.zeros((3, 5)), y=x)
     with pytest.raises(TypeError, match="g: expected the same kind of array as y"):
-        cupytv.prox_tv1d_vjp([[0.0] * 4] * 3, x, 1.0)
+        cupytv.prox_tv1d_vjp(None, 1.0, [[0.0] * 4] * 3, y=x)
 
 
 @pytest.mark.gpu
@@ -419,7 +419,7 @@ def test_mixing_numpy_and_cupy_is_refused():
     with pytest.raises(TypeError, match="out: expected the same kind of array as x"):
         cupytv.prox_tv1d(cupy.zeros((3, 4)), 1.0, out=np.zeros((3, 4)))
     with pytest.raises(TypeError, match="g: expected the same kind of array as y"):
-        cupytv.prox_tv1d_vjp(np.zeros((3, 4)), cupy.zeros((3, 4)), 1.0)
+        cupytv.prox_tv1d_vjp(None, 1.0, np.zeros((3, 4)), y=cupy.zeros((3, 4)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -453,11 +453,11 @@ def test_vjp_fuse_atol_joins_noisy_segments(xp):
     y = np.repeat([0.5, -1.0, 2.0], 4) + 1e-13 * np.arange(12)
     g = np.arange(12.0)
     clean = np.repeat([0.5, -1.0, 2.0], 4)
-    want = cupytv.prox_tv1d_vjp(xp.asarray(g), xp.asarray(clean), 0.3)
-    got = cupytv.prox_tv1d_vjp(xp.asarray(g), xp.asarray(y), 0.3, fuse_atol=1e-9)
-    split = cupytv.prox_tv1d_vjp(xp.asarray(g), xp.asarray(y), 0.3)
+    want = cupytv.prox_tv1d_vjp(None, 0.3, xp.asarray(g), y=xp.asarray(clean))
+    got = cupytv.prox_tv1d_vjp(None, 0.3, xp.asarray(g), y=xp.asarray(y), fuse_atol=1e-9)
+    split = cupytv.prox_tv1d_vjp(None, 0.3, xp.asarray(g), y=xp.asarray(y))
     np.testing.assert_array_equal(host_array(got[0]), host_array(want[0]))
     assert float(host_array(got[1])) == float(host_array(want[1]))
     assert not np.array_equal(host_array(split[0]), host_array(want[0]))
     with pytest.raises(ValueError, match="fuse_atol: expected a finite number >= 0"):
-        cupytv.prox_tv1d_vjp(xp.asarray(g), xp.asarray(y), 0.3, fuse_atol=-1.0)
+        cupytv.prox_tv1d_vjp(None, 0.3, xp.asarray(g), y=xp.asarray(y), fuse_atol=-1.0)

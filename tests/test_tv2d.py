@@ -253,7 +253,7 @@ def test_non_finite_slices_are_confined(xp, rng):
     np.testing.assert_array_equal(y[[0, 3]], y_ok[[0, 3]])
     np.testing.assert_array_equal(host_array(info.n_iter)[1:3], [0, 0])
     assert np.isnan(host_array(info.gap)[1:3]).all()
-    gx, gl = prox_tv2d_vjp(to(xp, np.ones_like(x)), to(xp, bad), 0.3, n_iter=info.n_iter)
+    gx, gl = prox_tv2d_vjp(to(xp, bad), 0.3, to(xp, np.ones_like(x)), n_iter=info.n_iter)
     assert np.isnan(host_array(gx)[1:3]).all()
     assert np.isfinite(host_array(gx)[[0, 3]]).all()
     assert np.isnan(float(host_array(gl)))
@@ -349,7 +349,7 @@ def test_vjp_matches_finite_differences_of_the_unrolled_map(xp, rng, shape, meth
     def f(xx, ll):
         return host_array(prox_tv2d(to(xp, xx), ll, max_iter=n_iter, tol=0.0, method=method))
 
-    gx, (gl0, gl1) = prox_tv2d_vjp(to(xp, g), to(xp, x), lam, n_iter=n_iter, method=method)
+    gx, (gl0, gl1) = prox_tv2d_vjp(to(xp, x), lam, to(xp, g), n_iter=n_iter, method=method)
     fd_x = np.sum((f(x + h * v, lam) - f(x - h * v, lam)) * g) / (2 * h)
     assert np.sum(host_array(gx) * v) == pytest.approx(fd_x, rel=1e-6, abs=1e-8)
     fd0 = np.sum((f(x, (0.3 + h, 0.2)) - f(x, (0.3 - h, 0.2))) * g) / (2 * h)
@@ -370,7 +370,7 @@ def test_vjp_converges_to_the_exact_gradient(xp, rng, shape, method):
     x = rng.standard_normal(shape)
     g = rng.standard_normal(shape)
     for lam in (0.3, (0.1, 0.6)):
-        gx, gl = prox_tv2d_vjp(to(xp, g), to(xp, x), lam, n_iter=CONVERGED_ITERS, method=method)
+        gx, gl = prox_tv2d_vjp(to(xp, x), lam, to(xp, g), n_iter=CONVERGED_ITERS, method=method)
         gx_ref, gl_ref = ref.prox_tv2d_vjp(x, lam, g)
         np.testing.assert_allclose(host_array(gx), gx_ref, atol=1e-9)
         gl = [host_array(a) for a in (gl if isinstance(gl, tuple) else (gl,))]
@@ -389,7 +389,7 @@ def test_vjp_near_a_zero_solution(xp, method):
     r, c = np.mgrid[0:33, 0:20]
     x = np.where((r + c) % 2 == 0, 1.0, -1.0)
     g = np.random.default_rng(5).standard_normal(x.shape)
-    gx, gl = prox_tv2d_vjp(to(xp, g), to(xp, x), (0.2, 0.4), n_iter=CONVERGED_ITERS, method=method)
+    gx, gl = prox_tv2d_vjp(to(xp, x), (0.2, 0.4), to(xp, g), n_iter=CONVERGED_ITERS, method=method)
     gx_ref, gl_ref = ref.prox_tv2d_vjp(x, (0.2, 0.4), g)
     np.testing.assert_allclose(host_array(gx), gx_ref, atol=1e-9)
     for a, b in zip(gl, gl_ref, strict=True):
@@ -401,27 +401,27 @@ def test_vjp_lam_shapes_and_replay(xp, rng):
     g = rng.standard_normal(x.shape)
     lam = np.array([0.2, 0.4]).reshape(1, 2, 1, 1)
     _, info = prox_tv2d(to(xp, x), to(xp, lam), return_info=True)
-    gx, gl = prox_tv2d_vjp(to(xp, g), to(xp, x), to(xp, lam), n_iter=info.n_iter)
-    gx2, gl2 = prox_tv2d_vjp(to(xp, g), to(xp, x), to(xp, lam))  # re-runs the stopping rule
+    gx, gl = prox_tv2d_vjp(to(xp, x), to(xp, lam), to(xp, g), n_iter=info.n_iter)
+    gx2, gl2 = prox_tv2d_vjp(to(xp, x), to(xp, lam), to(xp, g))  # re-runs the stopping rule
     np.testing.assert_array_equal(host_array(gx), host_array(gx2))
     np.testing.assert_array_equal(host_array(gl), host_array(gl2))
     assert gl.shape == lam.shape
     assert gx.shape == x.shape
     # Per-slice gradients summed over the batch axis they share: the same as per-slice lam.
     lam_full = np.broadcast_to(lam, (3, 2, 1, 1))
-    _, gl_full = prox_tv2d_vjp(to(xp, g), to(xp, x), to(xp, lam_full), n_iter=info.n_iter)
+    _, gl_full = prox_tv2d_vjp(to(xp, x), to(xp, lam_full), to(xp, g), n_iter=info.n_iter)
     np.testing.assert_allclose(host_array(gl), host_array(gl_full).sum(0, keepdims=True))
     # A scalar lam's gradient is the sum of the pair's.
-    _, gs = prox_tv2d_vjp(to(xp, g), to(xp, x), 0.3, n_iter=5)
-    _, (ga, gb) = prox_tv2d_vjp(to(xp, g), to(xp, x), (0.3, 0.3), n_iter=5)
+    _, gs = prox_tv2d_vjp(to(xp, x), 0.3, to(xp, g), n_iter=5)
+    _, (ga, gb) = prox_tv2d_vjp(to(xp, x), (0.3, 0.3), to(xp, g), n_iter=5)
     assert float(host_array(gs)) == pytest.approx(float(host_array(ga) + host_array(gb)))
 
 
 def test_vjp_float32(xp, rng):
     x = rng.standard_normal((2, 16, 16))
     g = rng.standard_normal(x.shape)
-    gx32, gl32 = prox_tv2d_vjp(to(xp, g, np.float32), to(xp, x, np.float32), 0.3, n_iter=20)
-    gx64, gl64 = prox_tv2d_vjp(to(xp, g), to(xp, x), 0.3, n_iter=20)
+    gx32, gl32 = prox_tv2d_vjp(to(xp, x, np.float32), 0.3, to(xp, g, np.float32), n_iter=20)
+    gx64, gl64 = prox_tv2d_vjp(to(xp, x), 0.3, to(xp, g), n_iter=20)
     assert gx32.dtype == np.float32
     np.testing.assert_allclose(host_array(gx32), host_array(gx64), atol=1e-4)
     assert float(host_array(gl32)) == pytest.approx(float(host_array(gl64)), rel=1e-4)
@@ -459,13 +459,13 @@ def test_bad_input_errors(kwargs, error, match):
 def test_vjp_bad_input_errors():
     x = np.zeros((2, 4, 5))
     with pytest.raises(ValueError, match="g: expected x's shape"):
-        prox_tv2d_vjp(np.zeros((4, 5)), x, 0.1)
+        prox_tv2d_vjp(x, 0.1, np.zeros((4, 5)))
     with pytest.raises(ValueError, match="n_iter: expected an int or an array of the batch"):
-        prox_tv2d_vjp(np.zeros_like(x), x, 0.1, n_iter=np.zeros(3, np.int32))
+        prox_tv2d_vjp(x, 0.1, np.zeros_like(x), n_iter=np.zeros(3, np.int32))
     with pytest.raises(TypeError, match="n_iter: expected integers"):
-        prox_tv2d_vjp(np.zeros_like(x), x, 0.1, n_iter=np.zeros(2))
+        prox_tv2d_vjp(x, 0.1, np.zeros_like(x), n_iter=np.zeros(2))
     with pytest.raises(ValueError, match="n_iter: expected counts >= 0"):
-        prox_tv2d_vjp(np.zeros_like(x), x, 0.1, n_iter=-1)
+        prox_tv2d_vjp(x, 0.1, np.zeros_like(x), n_iter=-1)
 
 
 def test_empty_batch(xp):
@@ -473,6 +473,6 @@ def test_empty_batch(xp):
     y, info = prox_tv2d(x, 0.1, return_info=True)
     assert y.shape == (0, 5, 6)
     assert info.n_iter.shape == (0,)
-    gx, gl = prox_tv2d_vjp(xp.zeros_like(x), x, 0.1)
+    gx, gl = prox_tv2d_vjp(x, 0.1, xp.zeros_like(x))
     assert gx.shape == x.shape
     assert float(host_array(gl)) == 0.0

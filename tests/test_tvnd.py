@@ -286,7 +286,7 @@ def test_empty_inputs(xp):
     y, info = prox_tv(xp.zeros((2, 0, 3, 4)), 1.0, (1, 2, 3), return_info=True)
     assert y.shape == (2, 0, 3, 4)
     assert info.n_iter.shape == (2,)
-    gx, gl = prox_tv_vjp(xp.zeros((0, 3, 3, 4)), xp.zeros((0, 3, 3, 4)), (1.0, 2.0, 3.0), (1, 2, 3))
+    gx, gl = prox_tv_vjp(xp.zeros((0, 3, 3, 4)), (1.0, 2.0, 3.0), xp.zeros((0, 3, 3, 4)), (1, 2, 3))
     assert gx.shape == (0, 3, 3, 4)
     assert len(gl) == 3
     assert gl[0].shape == ()
@@ -307,8 +307,8 @@ def test_one_axis_is_the_exact_1d_prox(xp, rng):
         assert np.all(host_array(info.gap) == 0)
         assert np.all(host_array(info.converged))
     g = xp.asarray(rng.standard_normal((3, 7, 4)))
-    gx, gl = prox_tv_vjp(g, x, (0.6,), (1,))
-    rgx, rgl = cupytv.prox_tv1d_vjp(g, cupytv.prox_tv1d(x, 0.6, axis=1), 0.6, axis=1)
+    gx, gl = prox_tv_vjp(x, (0.6,), g, (1,))
+    rgx, rgl = cupytv.prox_tv1d_vjp(None, 0.6, g, y=cupytv.prox_tv1d(x, 0.6, axis=1), axis=1)
     np.testing.assert_array_equal(host_array(gx), host_array(rgx))
     assert isinstance(gl, tuple)
     assert len(gl) == 1
@@ -325,8 +325,8 @@ def test_two_axes_dispatch_to_tv2d(xp, rng):
     y2, info2 = prox_tv2d(x, lam, axes=(1, 2), tol=1e-5, return_info=True)
     np.testing.assert_array_equal(host_array(y), host_array(y2))
     np.testing.assert_array_equal(host_array(info.n_iter), host_array(info2.n_iter))
-    gx, gl = prox_tv_vjp(g, x, lam, (1, 2), tol=1e-5)
-    gx2, gl2 = prox_tv2d_vjp(g, x, lam, axes=(1, 2), tol=1e-5)
+    gx, gl = prox_tv_vjp(x, lam, g, (1, 2), tol=1e-5)
+    gx2, gl2 = prox_tv2d_vjp(x, lam, g, axes=(1, 2), tol=1e-5)
     np.testing.assert_array_equal(host_array(gx), host_array(gx2))
     for a, b in zip(gl, gl2, strict=True):
         np.testing.assert_array_equal(host_array(a), host_array(b))
@@ -406,9 +406,9 @@ def test_vjp_matches_central_differences(xp, rng, lam_kind):
     lam_dev = tuple(_dev(xp, w) for w in lam) if isinstance(lam, tuple) else _dev(xp, lam)
     _, info = run(xp, x, lam, (1, 2, 3), tol=1e-4, max_iter=500)
     assert info.n_iter[0] != info.n_iter[1]
-    gx, gl = prox_tv_vjp(xp.asarray(g), xp.asarray(x), lam_dev, (1, 2, 3), n_iter=info.n_iter)
+    gx, gl = prox_tv_vjp(xp.asarray(x), lam_dev, xp.asarray(g), (1, 2, 3), n_iter=info.n_iter)
     # Without n_iter the same counts come back from max_iter/tol: identical gradients.
-    gx2, gl2 = prox_tv_vjp(xp.asarray(g), xp.asarray(x), lam_dev, (1, 2, 3), tol=1e-4, max_iter=500)
+    gx2, gl2 = prox_tv_vjp(xp.asarray(x), lam_dev, xp.asarray(g), (1, 2, 3), tol=1e-4, max_iter=500)
     np.testing.assert_array_equal(host_array(gx), host_array(gx2))
     gx = host_array(gx)
 
@@ -441,7 +441,7 @@ def test_vjp_converges_to_the_exact_2d_gradient(xp, rng):
     g = rng.standard_normal(x.shape)
     lam = (0.5, 0.3, 0.2)
     n = 1000
-    gx, gl = prox_tv_vjp(xp.asarray(g), xp.asarray(x), lam, axes=(0, 1, 2), n_iter=n)
+    gx, gl = prox_tv_vjp(xp.asarray(x), lam, xp.asarray(g), axes=(0, 1, 2), n_iter=n)
     gx_ref, gl_ref = reference.prox_tv2d_vjp(x[0], lam[1:], g[0])
     np.testing.assert_allclose(host_array(gx)[0], gx_ref, atol=1e-9)
     for a, b in zip(gl[1:], gl_ref, strict=True):
@@ -455,7 +455,7 @@ def test_vjp_near_a_zero_solution(xp):
     r, c = np.mgrid[0:16, 0:12]
     x = np.where((r + c) % 2 == 0, 1.0, -1.0)[None]
     g = np.random.default_rng(5).standard_normal(x.shape)
-    gx, gl = prox_tv_vjp(xp.asarray(g), xp.asarray(x), (0.5, 0.3, 0.2), axes=(0, 1, 2), n_iter=300)
+    gx, gl = prox_tv_vjp(xp.asarray(x), (0.5, 0.3, 0.2), xp.asarray(g), axes=(0, 1, 2), n_iter=300)
     gx_ref, gl_ref = reference.prox_tv2d_vjp(x[0], (0.3, 0.2), g[0])
     np.testing.assert_allclose(host_array(gx)[0], gx_ref, atol=1e-9)
     for a, b in zip(gl[1:], gl_ref, strict=True):
@@ -466,10 +466,10 @@ def test_vjp_axes_anywhere_and_float32(xp, rng, monkeypatch):
     # TV axes (0, 3, 2), batch axis 1: the same gradients as the volumes laid out first.
     x = rng.standard_normal((3, 2, 4, 3))
     g = rng.standard_normal(x.shape)
-    gx, gl = prox_tv_vjp(xp.asarray(g), xp.asarray(x), 0.4, (0, 3, 2), tol=1e-5)
+    gx, gl = prox_tv_vjp(xp.asarray(x), 0.4, xp.asarray(g), (0, 3, 2), tol=1e-5)
     moved = np.ascontiguousarray(np.transpose(x, (1, 0, 3, 2)))
     g_moved = np.ascontiguousarray(np.transpose(g, (1, 0, 3, 2)))
-    gx_m, gl_m = prox_tv_vjp(xp.asarray(g_moved), xp.asarray(moved), 0.4, (1, 2, 3), tol=1e-5)
+    gx_m, gl_m = prox_tv_vjp(xp.asarray(moved), 0.4, xp.asarray(g_moved), (1, 2, 3), tol=1e-5)
     np.testing.assert_array_equal(np.transpose(host_array(gx), (1, 0, 3, 2)), host_array(gx_m))
     np.testing.assert_allclose(host_array(gl), host_array(gl_m), rtol=REORDER_RTOL)
     # float32: the same map up to float32 rounding (same counts replayed), with the backward's
@@ -477,11 +477,11 @@ def test_vjp_axes_anywhere_and_float32(xp, rng, monkeypatch):
     # is one segment in float32 and two in float64).
     _, info = run(xp, x, 0.4, (0, 3, 2), tol=1e-5)
     monkeypatch.setitem(tvnd.FUSE_RTOL, np.dtype(np.float64), tvnd.FUSE_RTOL[np.dtype(np.float32)])
-    gx, _ = prox_tv_vjp(xp.asarray(g), xp.asarray(x), 0.4, (0, 3, 2), n_iter=info.n_iter)
+    gx, _ = prox_tv_vjp(xp.asarray(x), 0.4, xp.asarray(g), (0, 3, 2), n_iter=info.n_iter)
     gx32, gl32 = prox_tv_vjp(
-        xp.asarray(g.astype(np.float32)),
         xp.asarray(x.astype(np.float32)),
         0.4,
+        xp.asarray(g.astype(np.float32)),
         (0, 3, 2),
         n_iter=info.n_iter,
     )
@@ -495,7 +495,7 @@ def test_vjp_nan_volume_gives_nan_gradients(xp, rng):
     x = rng.standard_normal((3, 3, 3, 4))
     x[1, 0, 0, 0] = np.nan
     lam = np.full((3, 1, 1, 1), 0.3)
-    gx, gl = prox_tv_vjp(xp.ones_like(xp.asarray(x)), xp.asarray(x), xp.asarray(lam), (1, 2, 3))
+    gx, gl = prox_tv_vjp(xp.asarray(x), xp.asarray(lam), xp.ones_like(xp.asarray(x)), (1, 2, 3))
     gx, gl = host_array(gx), host_array(gl)
     assert np.all(np.isnan(gx[1]))
     assert np.isnan(gl[1]).all()
@@ -543,12 +543,12 @@ def test_validation_messages(xp):
     with pytest.raises(ValueError, match=r"out: expected x's shape and dtype \(3, 4, 5\) float64"):
         prox_tv(x, 1.0, (0, 1, 2), out=xp.zeros((3, 4, 5), dtype=np.float32))
     with pytest.raises(ValueError, match=r"g: expected x's shape and dtype \(3, 4, 5\)"):
-        prox_tv_vjp(xp.zeros((3, 4, 4)), x, 1.0, (0, 1, 2))
+        prox_tv_vjp(x, 1.0, xp.zeros((3, 4, 4)), (0, 1, 2))
     with pytest.raises(TypeError, match="g: expected the same kind of array as x"):
-        prox_tv_vjp(np.zeros((3, 4, 5)).tolist(), x, 1.0, (0, 1, 2))
+        prox_tv_vjp(x, 1.0, np.zeros((3, 4, 5)).tolist(), (0, 1, 2))
     with pytest.raises(ValueError, match=r"n_iter: expected an array broadcastable to \(3,\)"):
-        prox_tv_vjp(x4, x4, 1.0, (1, 2, 3), n_iter=np.ones(2, dtype=np.int32))
+        prox_tv_vjp(x4, 1.0, x4, (1, 2, 3), n_iter=np.ones(2, dtype=np.int32))
     with pytest.raises(ValueError, match="n_iter: expected counts >= 0, got -1"):
-        prox_tv_vjp(xp.zeros((3, 4, 5)), x, 1.0, (0, 1, 2), n_iter=np.array(-1))
+        prox_tv_vjp(x, 1.0, xp.zeros((3, 4, 5)), (0, 1, 2), n_iter=np.array(-1))
     with pytest.raises(TypeError, match="n_iter: expected an integer array, got dtype float64"):
-        prox_tv_vjp(xp.zeros((3, 4, 5)), x, 1.0, (0, 1, 2), n_iter=np.array(1.0))
+        prox_tv_vjp(x, 1.0, xp.zeros((3, 4, 5)), (0, 1, 2), n_iter=np.array(1.0))

@@ -38,7 +38,9 @@ def _(x, lam, axis, method):
 @torch.library.custom_op("cupytv::prox_tv1d_vjp", mutates_args=())
 def _prox_tv1d_vjp(g: Tensor, y: Tensor, lam: Tensor, axis: int) -> tuple[Tensor, Tensor]:
     with on_stream(y):
-        gx, gl = cupytv.prox_tv1d_vjp(to_array(g.contiguous()), to_array(y), to_array(lam), axis)
+        gx, gl = cupytv.prox_tv1d_vjp(
+            None, to_array(lam), to_array(g.contiguous()), axis, y=to_array(y)
+        )
     return from_array(gx), from_array(gl).to(lam.dtype)
 
 

@@ -56,9 +56,13 @@ def _prox_tv2d_vjp(
 ) -> tuple[Tensor, Tensor, Tensor]:
     with on_stream(x):
         gx, (g0, g1) = cupytv.prox_tv2d_vjp(
-            to_array(g.contiguous()), to_array(x), (to_array(lam0), to_array(lam1)), tuple(axes),
-            n_iter=to_array(n_iter), method=method,
-        )  # fmt: skip
+            to_array(x),
+            (to_array(lam0), to_array(lam1)),
+            to_array(g.contiguous()),
+            tuple(axes),
+            n_iter=to_array(n_iter),
+            method=method,
+        )
     return from_array(gx), from_array(g0).to(lam0.dtype), from_array(g1).to(lam1.dtype)
 
 
@@ -76,8 +80,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_y, _grad_n_iter):
     x, lam0, lam1, n_iter = ctx.saved_tensors
-    gx, g0, g1 = torch.ops.cupytv.prox_tv2d_vjp(grad_y, x, lam0, lam1, ctx.axes, n_iter,
-                                                ctx.method)  # fmt: skip
+    gx, g0, g1 = torch.ops.cupytv.prox_tv2d_vjp(grad_y, x, lam0, lam1, ctx.axes, n_iter, ctx.method)
     need = ctx.needs_input_grad
     return gx, (g0 if need[1] else None), (g1 if need[2] else None), None, None, None, None
 

@@ -49,9 +49,12 @@ def _prox_tvnd_vjp(
 ) -> list[Tensor]:
     with on_stream(x):
         gx, gl = cupytv.prox_tv_vjp(
-            to_array(g.contiguous()), to_array(x), tuple(to_array(lam) for lam in lams),
-            tuple(axes), n_iter=to_array(n_iter),
-        )  # fmt: skip
+            to_array(x),
+            tuple(to_array(lam) for lam in lams),
+            to_array(g.contiguous()),
+            tuple(axes),
+            n_iter=to_array(n_iter),
+        )
     return [from_array(gx)] + [from_array(a).to(lam.dtype) for a, lam in zip(gl, lams, strict=True)]
 
 
