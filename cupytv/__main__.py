@@ -49,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         "--max-side", type=_positive_int, default=DEFAULT_MAX_SIDE,
         help="block-average a larger image down to this side first (default: %(default)s)",
     )  # fmt: skip
-    demo.add_argument("--out", type=Path, default=Path("."), help="output folder (default: .)")
+    demo.add_argument(
+        "--out", type=Path, default=Path("."),
+        help="a figure file (.png, .jpg, .pdf, .svg) or a folder to write cupytv_demo.png into "
+        "(default: .)",
+    )  # fmt: skip
     check = sub.add_parser(
         "check", help="every operator on every backend against the exact reference (a table)"
     )
@@ -75,9 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     args = parser.parse_args(argv)
     out = getattr(args, "out", None)
+    if args.command == "demo":
+        from .demo import figure_path
+
+        out = figure_path(out).parent  # the folder it writes into
     if out is not None and out.exists() and not out.is_dir():
         # Checked before any work: mkdir/savefig failed on it with a traceback at the end.
-        parser.error(f"argument --out: expected a folder, got {str(out)!r} (an existing file)")
+        want = (
+            "a folder or a figure file (.png, .jpg, .pdf, .svg)"
+            if args.command == "demo"
+            else "a folder"
+        )
+        parser.error(f"argument --out: expected {want}, got {str(args.out)!r} (an existing file)")
 
     if args.command == "demo":
         from .demo import run

@@ -134,6 +134,7 @@ def lam_to_array(
     lam_arr = host_array(lam)
     if lam_arr.dtype.kind not in "iuf":
         raise TypeError(f"{name}: expected a real number or real array, got dtype {lam_arr.dtype}")
+    given = lam_arr.dtype.type  # bad values are shown in it: float32 -0.1, not -0.10000000149
     lam_arr = lam_arr.astype(np.float64, copy=False)
     reduced = tuple(1 if d in tv_axes else s for d, s in enumerate(x_shape))
     try:
@@ -142,16 +143,24 @@ def lam_to_array(
         fits = False
     if not fits:
         axes_txt = ", ".join(str(a) for a in tv_axes)
+        # An array of one weight per TV axis is the likeliest intent; arrays are never pairs.
+        hint = (
+            f"; for one weight per axis pass a tuple of {len(tv_axes)} numbers, e.g. "
+            f"tuple(lam): an array is always per fiber/slice"
+            if len(tv_axes) > 1 and lam_arr.shape == (len(tv_axes),)
+            else ""
+        )
         raise ValueError(
             f"{name}: expected a scalar or an array broadcastable to {reduced} (x's shape "
             f"{tuple(x_shape)} with TV axis/axes {axes_txt} reduced to 1), got shape "
-            f"{lam_arr.shape}"
+            f"{lam_arr.shape}{hint}"
         )
     if not np.all(np.isfinite(lam_arr)):
-        raise ValueError(f"{name}: expected finite values, got {_first_bad(lam_arr, np.isfinite)}")
+        bad = _first_bad(lam_arr, np.isfinite, given)
+        raise ValueError(f"{name}: expected finite values, got {bad}")
     if np.any(lam_arr < 0):
         raise ValueError(
-            f"{name}: expected values >= 0, got {_first_bad(lam_arr, lambda v: v >= 0)}"
+            f"{name}: expected values >= 0, got {_first_bad(lam_arr, lambda v: v >= 0, given)}"
         )
     if compute_dtype is not None:
         limit = float(np.finfo(compute_dtype).max) / scale
@@ -160,7 +169,7 @@ def lam_to_array(
             raise ValueError(
                 f"{name}: expected values <= {limit:.4g} ({held} must fit in "
                 f"{np.dtype(compute_dtype)}, the dtype x is computed in), got "
-                f"{_first_bad(lam_arr, lambda v: v <= limit):.4g}"
+                f"{_first_bad(lam_arr, lambda v: v <= limit, given)}"
             )
     return np.broadcast_to(lam_arr, reduced)
 
@@ -192,8 +201,9 @@ def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return grad.reshape(shape)
 
 
-def _first_bad(values: np.ndarray, ok) -> float:
-    return float(values[~ok(values)].flat[0])
+def _first_bad(values: np.ndarray, ok, dtype=np.float64) -> str:
+    """The first value failing ``ok``, printed as the shortest repr in the caller's ``dtype``."""
+    return str(dtype(values[~ok(values)].flat[0]))
 
 
 def check_same_array_kind(a, b, name_a: str, name_b: str) -> None:
@@ -242,3 +252,43 @@ def vjp_arguments(name: str, x, lam, g):
         stacklevel=3,
     )
     return lam, g, x, True
+
+
+def normalize_tv_axes(axes, ndim: int) -> tuple[int, ...]:
+    """The TV axes as distinct non-negative ints, in the order given."""
+    if ndim == 0:
+        raise ValueError("x: expected an array with at least 1 dimension, got a 0-d array")
+    if isinstance(axes, (int, np.integer)) and not isinstance(axes, bool):
+        axes = (axes,)
+    if not isinstance(axes, Sequence) or isinstance(axes, str):
+        raise TypeError(f"axes: expected an int or a sequence of ints, got {axes!r}")
+    if len(axes) == 0:
+        raise ValueError(f"axes: expected at least one axis, got {tuple(axes)!r}")
+    norm = tuple(normalize_axis(a, ndim, f"axes[{k}]") for k, a in enumerate(axes))
+    repeated = sorted({a for a in norm if norm.count(a) > 1})
+    if repeated:
+        raise ValueError(
+            f"axes: expected distinct axes, got {tuple(axes)!r} (axis {repeated[0]} repeated)"
+        )
+    return norm
+
+
+def lam_per_axis(lam, shape, tv_axes, compute):
+    """([lam_i as float64 NumPy, x's shape with the TV axes reduced to 1] * m, per_axis).
+
+    ``lam``: a scalar or an array (one weight for every axis), or a tuple/list of one per axis.
+    ``compute``: x's compute dtype. Three or more axes run the 1D prox with weight m * lam_i,
+    which must fit in it (None: no limit).
+    """
+    m = len(tv_axes)
+    fit = {"compute_dtype": compute, "scale": m if m >= 3 else 1}
+    if isinstance(lam, (tuple, list)):
+        if len(lam) != m:
+            raise ValueError(
+                f"lam: expected a scalar, an array, or one weight per axis ({m} for axes "
+                f"{tv_axes}), got a {type(lam).__name__} of length {len(lam)}"
+            )
+        return [
+            lam_to_array(w, shape, tv_axes, f"lam[{i}]", **fit) for i, w in enumerate(lam)
+        ], True
+    return [lam_to_array(lam, shape, tv_axes, **fit)] * m, False

@@ -107,8 +107,18 @@ def _zoom(img: np.ndarray) -> tuple[slice, slice]:
     return slice((h - ch) // 2, (h - ch) // 2 + ch), slice((w - cw) // 2, (w - cw) // 2 + cw)
 
 
+#: File types --out may name (matplotlib writes each); any other path is a folder.
+FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+FIGURE_NAME = "cupytv_demo.png"
+
+
+def figure_path(out: Path) -> Path:
+    """``out`` itself when it names a figure file, else ``out/cupytv_demo.png``."""
+    return out if out.suffix.lower() in FIGURE_SUFFIXES else out / FIGURE_NAME
+
+
 def run(
-    out_dir: Path,
+    out: Path,
     image: Path | None = None,
     lams: tuple[float, ...] = DEFAULT_LAMS,
     lam_1d: float = DEFAULT_LAM_1D,
@@ -214,8 +224,8 @@ def run(
         fontsize=11,
     )
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "cupytv_demo.png"
+    path = figure_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     print(f"wrote {path}")

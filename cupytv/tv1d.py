@@ -341,10 +341,14 @@ def _array_module(a, name: str):
         import cupy
 
         return cupy
-    raise TypeError(
-        f"{name}: expected a numpy.ndarray or cupy.ndarray, got "
-        f"{type(a).__module__}.{type(a).__name__}"
+    kind = f"{type(a).__module__}.{type(a).__name__}"
+    hint = (
+        " (for torch tensors use cupytv.torch: the same operators as differentiable torch ops, "
+        "on the tensor's device without copies)"
+        if kind.partition(".")[0] == "torch"
+        else ""
     )
+    raise TypeError(f"{name}: expected a numpy.ndarray or cupy.ndarray, got {kind}{hint}")
 
 
 def _compute_dtype(dtype: np.dtype) -> np.dtype:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -28,8 +27,8 @@ from cupytv._validation import (
     check_same_array_kind,
     check_tol,
     host_array,
-    lam_to_array,
-    normalize_axis,
+    lam_per_axis,
+    normalize_tv_axes,
     unbroadcast,
     vjp_arguments,
 )
@@ -127,8 +126,8 @@ def prox_tv(
     """
     xp = _array_module(x, "x")
     dtype = check_float_dtype(x.dtype)
-    tv_axes = _normalize_tv_axes(axes, x.ndim)
-    lams, _ = _lam_per_axis(lam, x.shape, tv_axes, _compute_dtype(dtype))
+    tv_axes = normalize_tv_axes(axes, x.ndim)
+    lams, _ = lam_per_axis(lam, x.shape, tv_axes, _compute_dtype(dtype))
     _check_iteration_limits(max_iter, tol)
     if out is not None:
         _check_out(out, x, xp)
@@ -251,8 +250,8 @@ def prox_tv_vjp(
         raise ValueError(
             f"g: expected x's shape and dtype {x.shape} {x.dtype}, got {g.shape} {g.dtype}"
         )
-    tv_axes = _normalize_tv_axes(axes, x.ndim)
-    lams, per_axis = _lam_per_axis(lam, x.shape, tv_axes, _compute_dtype(dtype))
+    tv_axes = normalize_tv_axes(axes, x.ndim)
+    lams, per_axis = lam_per_axis(lam, x.shape, tv_axes, _compute_dtype(dtype))
     _check_iteration_limits(max_iter, tol)
     m = len(tv_axes)
     if m == 1:
@@ -473,45 +472,6 @@ def _relative_gap(x, y, z, p, lam_a, xp) -> np.ndarray:
 def _take(a, rows: np.ndarray, n_rows: int, xp):
     """``a[rows]`` along the batch axis, without a copy when rows are all of them in order."""
     return a if rows.size == n_rows else a[xp.asarray(rows)]
-
-
-def _normalize_tv_axes(axes, ndim: int) -> tuple[int, ...]:
-    """The TV axes as distinct non-negative ints, in the order given."""
-    if ndim == 0:
-        raise ValueError("x: expected an array with at least 1 dimension, got a 0-d array")
-    if isinstance(axes, (int, np.integer)) and not isinstance(axes, bool):
-        axes = (axes,)
-    if not isinstance(axes, Sequence) or isinstance(axes, str):
-        raise TypeError(f"axes: expected an int or a sequence of ints, got {axes!r}")
-    if len(axes) == 0:
-        raise ValueError(f"axes: expected at least one axis, got {tuple(axes)!r}")
-    norm = tuple(normalize_axis(a, ndim, f"axes[{k}]") for k, a in enumerate(axes))
-    repeated = sorted({a for a in norm if norm.count(a) > 1})
-    if repeated:
-        raise ValueError(
-            f"axes: expected distinct axes, got {tuple(axes)!r} (axis {repeated[0]} repeated)"
-        )
-    return norm
-
-
-def _lam_per_axis(lam, shape, tv_axes, compute):
-    """([lam_i as float64 NumPy, x's shape with the TV axes reduced to 1] * m, per_axis).
-
-    ``compute``: x's compute dtype. Three or more axes run the 1D prox with weight m * lam_i,
-    which must fit in it.
-    """
-    m = len(tv_axes)
-    fit = {"compute_dtype": compute, "scale": m if m >= 3 else 1}
-    if isinstance(lam, (tuple, list)):
-        if len(lam) != m:
-            raise ValueError(
-                f"lam: expected a scalar, an array, or one weight per axis ({m} for axes "
-                f"{tv_axes}), got a {type(lam).__name__} of length {len(lam)}"
-            )
-        return [
-            lam_to_array(w, shape, tv_axes, f"lam[{i}]", **fit) for i, w in enumerate(lam)
-        ], True
-    return [lam_to_array(lam, shape, tv_axes, **fit)] * m, False
 
 
 def _check_iteration_limits(max_iter, tol) -> None:

@@ -28,6 +28,15 @@ def test_demo_writes_a_png_and_says_where_it_ran(tmp_path, capsys):
     assert "wrote" in out
 
 
+def test_demo_out_may_name_the_figure_file(tmp_path):
+    # `--out file.png` used to create a folder named file.png with the figure inside.
+    target = tmp_path / "figures" / "mine.png"
+    assert main(["demo", "--out", str(target), "--max-side", "32", "--lam", "0.1"]) == 0
+    assert target.is_file()
+    assert target.read_bytes()[:8] == PNG_MAGIC
+    assert not (target / "cupytv_demo.png").exists()
+
+
 def test_demo_filters_a_user_image(tmp_path, capsys):
     plt = pytest.importorskip("matplotlib.pyplot")
     rgba = np.random.default_rng(0).uniform(size=(90, 70, 4))

@@ -85,9 +85,9 @@ def prox_tv1d(x: Tensor, lam, axis: int = -1, *, method: str = "auto") -> Tensor
     Example:
         >>> import torch
         >>> from cupytv.torch import prox_tv1d
-        >>> x = torch.tensor([0.0, 0.0, 3.0, 3.0], requires_grad=True)
+        >>> x = torch.tensor([0.0, 0.0, 3.0, 3.0])
         >>> prox_tv1d(x, 1.0)
-        tensor([0.5000, 0.5000, 2.5000, 2.5000], grad_fn=<CppNode_prox_tv1d>)
+        tensor([0.5000, 0.5000, 2.5000, 2.5000])
     """
     check_input(x)
     # Checked here, not only in the array API: the op's schema refuses a float axis or a None
@@ -126,6 +126,12 @@ class TV1d(TVLayer):
         super().__init__(lam, num_channels, learnable, mode, channel_axis)
         self.axis = axis
         self.method = method
+
+    layout = "(N, C, L)"
+
+    @property
+    def tv_axes(self) -> tuple[int, ...]:
+        return (self.axis,)
 
     def prox(self, x: Tensor, lam: Tensor) -> Tensor:
         return prox_tv1d(x, lam, self.axis, method=self.method)

@@ -37,10 +37,13 @@ def _batch_shape(x: Tensor, axes: list[int]) -> list[int]:
 def _prox_tv2d(
     x: Tensor, lam0: Tensor, lam1: Tensor, axes: list[int], max_iter: int, tol: float, method: str
 ) -> tuple[Tensor, Tensor]:
+    # One weight for both axes arrives as one tensor twice: passed as one, so that messages
+    # about it say "lam", as the caller wrote it, not "lam[0]".
+    lam = to_array(lam0) if lam0 is lam1 else (to_array(lam0), to_array(lam1))
     with on_stream(x):
         y, info = cupytv.prox_tv2d(
-            to_array(x), (to_array(lam0), to_array(lam1)), tuple(axes), max_iter=max_iter,
-            tol=tol, method=method, return_info=True,
+            to_array(x), lam, tuple(axes), max_iter=max_iter, tol=tol, method=method,
+            return_info=True,
         )  # fmt: skip
         return from_array(y), from_array(info.n_iter)
 
@@ -142,7 +145,8 @@ def prox_tv2d(
     else:
         lam0 = lam1 = lam_tensor(lam, x)
     cd = compute_dtype(x.dtype)  # .to() of a tensor already in cd is the tensor itself
-    y, n_iter = _prox_tv2d(x.to(cd), lam0.to(cd), lam1.to(cd), axes_list, max_iter, tol, method)
+    lam0, lam1 = (lam0.to(cd), lam1.to(cd)) if lam1 is not lam0 else (lam0.to(cd),) * 2
+    y, n_iter = _prox_tv2d(x.to(cd), lam0, lam1, axes_list, max_iter, tol, method)
     y = y.to(x.dtype)
     return (y, n_iter) if return_n_iter else y
 
@@ -153,8 +157,11 @@ class TV2d(TVLayer):
     Vision*, CVPR 2022.
 
     Args:
-        lam: the initial weight (> 0 when learnable).
-        num_channels: one weight per channel (along ``channel_axis``), or None for one weight.
+        lam: the initial weight (> 0 when learnable), or a pair ``(lam0, lam1)``: one weight
+            per axis (along ``axes[0]``, ``axes[1]``), as :func:`prox_tv2d` takes; each
+            learned separately (``layer.lam[..., k]``).
+        num_channels: one weight (or pair) per channel (along ``channel_axis``), or None for
+            one weight.
         learnable: a ``softplus``-parametrised ``nn.Parameter`` (True), or a fixed buffer.
         mode: ``"smooth"`` or ``"sharp"``.
         axes, max_iter, tol, method: as for :func:`prox_tv2d`.
@@ -181,14 +188,20 @@ class TV2d(TVLayer):
         tol: float = DEFAULT_TOL,
         method: str = "auto",
     ):
-        super().__init__(lam, num_channels, learnable, mode, channel_axis)
+        super().__init__(lam, num_channels, learnable, mode, channel_axis, pair_ok=True)
         if isinstance(axes, str) or not isinstance(axes, Sequence) or len(axes) != 2:
             # tuple(axes) below failed on an int with "'int' object is not iterable".
             raise ValueError(f"axes: expected a pair of distinct axes, got {axes!r}")
         self.axes = tuple(axes)
         self.max_iter, self.tol, self.method = max_iter, tol, method
 
-    def prox(self, x: Tensor, lam: Tensor) -> Tensor:
+    layout = "(N, C, H, W)"
+
+    @property
+    def tv_axes(self) -> tuple[int, ...]:
+        return self.axes
+
+    def prox(self, x: Tensor, lam) -> Tensor:
         return prox_tv2d(x, lam, self.axes, max_iter=self.max_iter, tol=self.tol,
                          method=self.method)  # fmt: skip
 

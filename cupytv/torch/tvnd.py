@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 import cupytv
-from cupytv._validation import check_max_iter, check_tol
+from cupytv._validation import check_max_iter, check_tol, normalize_tv_axes
 from cupytv.torch._bridge import (
     check_input,
     compute_dtype,
@@ -23,7 +23,6 @@ from cupytv.torch._bridge import (
 from cupytv.torch.tv1d import prox_tv1d
 from cupytv.torch.tv2d import _batch_shape, prox_tv2d
 from cupytv.tv2d import DEFAULT_MAX_ITER, DEFAULT_TOL
-from cupytv.tvnd import _normalize_tv_axes
 
 
 @torch.library.custom_op("cupytv::prox_tvnd", mutates_args=())
@@ -104,7 +103,7 @@ def prox_tv(x: Tensor, lam, axes, *, max_iter: int = DEFAULT_MAX_ITER, tol: floa
     check_input(x)
     # The array API's checks, before int()/float() (which truncated axes=(1.5, 2, 3) and
     # max_iter=2.5 silently) and whatever the axis count (max_iter >= 1, as cupytv.prox_tv).
-    axes_t = _normalize_tv_axes(axes, x.dim())
+    axes_t = normalize_tv_axes(axes, x.dim())
     check_max_iter(max_iter, 1)
     check_tol(tol)
     if isinstance(lam, (tuple, list)) and len(lam) != len(axes_t):
