@@ -90,7 +90,8 @@ def check(extras: tuple[str, ...]) -> None:
     Between extras the previous one's CUDA packages (cupy-*, nvidia-*) are uninstalled, which
     leaves what a fresh environment would hold before the next extra's own packages: cupytv, its
     NumPy and SciPy, and cuda-pathfinder (a requirement of every CuPy 14 wheel). Sharing those saves
-    ~15 s of the ~30 s a fresh environment per extra costs on a CI machine.
+    ~15 s per extra on a 2-core machine, and so does --no-compile (no .pyc for CuPy's ~1000
+    modules, which only this check imports).
     """
     with tempfile.TemporaryDirectory(prefix="cupytv-cuda-extras-") as tmp:
         start = time.perf_counter()
@@ -101,7 +102,15 @@ def check(extras: tuple[str, ...]) -> None:
             if cuda:
                 pip_uninstall = [python, "-m", "pip", "uninstall", "--quiet", "--yes", *cuda]
                 subprocess.run(pip_uninstall, check=True)
-            pip_install = [python, "-m", "pip", "install", "--quiet", f"{REPO}[{extra}]"]
+            pip_install = [
+                python,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-compile",
+                f"{REPO}[{extra}]",
+            ]
             subprocess.run(pip_install, check=True)
             print(f'{extra}: pip install ".[{extra}]" ({time.perf_counter() - start:.0f} s)')
             print("  " + " ".join(p for p in _installed(python) if p.startswith(REPORTED)))
