@@ -29,9 +29,13 @@ from cupytv._host import HostModule
 from cupytv._host.build import sanitize_enabled
 from cupytv._validation import is_cupy_array
 
-# Options every NVRTC compilation of a cuda_src/ file gets (CuPy adds -arch and -ftz=true itself);
-# tests/test_nvrtc.py compiles every instantiation with exactly these.
+# Options every NVRTC compilation of a cuda_src/ file gets; cupy.RawModule adds -arch and
+# CUPY_ADDED_NVRTC_OPTIONS itself. tests/test_nvrtc.py and scripts/check_cuda_extras.py call NVRTC
+# without CuPy's device query (no GPU there), so they pass both tuples themselves.
 NVRTC_OPTIONS: tuple[str, ...] = ("--std=c++17",)
+# What cupy/cuda/compiler.py appends on the way to NVRTC (CuPy 14; --pch, a compile-time cache
+# only, left out).
+CUPY_ADDED_NVRTC_OPTIONS: tuple[str, ...] = ("-ftz=true", "--device-as-default-execution-space")
 # CUDA grants a kernel this much dynamic shared memory by default; more needs a per-kernel opt-in.
 DEFAULT_DYNAMIC_SHARED_BYTES = 48 * 1024
 

@@ -84,3 +84,12 @@ def test_ci_runs_the_readme_quick_start():
     for command in ("python -m cupytv demo", "python -m pytest"):
         assert command in quick_start
         assert command in ci
+
+
+def test_readme_layout_lists_every_doc():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("## Layout") :]
+    layout = layout[: layout.index("\n## ")]
+    docs = sorted(p.name + ("/" if p.is_dir() else "") for p in (ROOT / "docs").iterdir())
+    missing = [name for name in docs if name not in layout]
+    assert not missing, f"docs/ holds {docs}; README's Layout section does not name {missing}"

@@ -2,9 +2,11 @@
 
 No GPU is needed: NVRTC is a compiler library (the ``nvidia-cuda-nvrtc`` wheels in the ``test``
 extra), called here through ctypes. Each kernel file is compiled with the loader's inlined source,
-its declared name expressions and ``cupytv._loader.NVRTC_OPTIONS`` plus what CuPy adds itself, for
-the oldest and the newest architecture we support. NVRTC 13 (cupy-cuda13x) no longer targets
-Volta, so there the oldest architecture it accepts stands in for compute_70.
+its declared name expressions and ``cupytv._loader.NVRTC_OPTIONS`` plus what CuPy adds itself
+(``_loader.CUPY_ADDED_NVRTC_OPTIONS``), for the oldest and the newest architecture we support.
+NVRTC 13 (cupy-cuda13x) no longer targets Volta, so there the oldest architecture it accepts
+stands in for compute_70. That each ``cuda12`` / ``cuda13`` extra alone brings an NVRTC that CuPy
+finds is scripts/check_cuda_extras.py's job (run by CI in its own environment).
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ from cupytv import _loader
 
 OLDEST_ARCH = 70
 NEWEST_ARCH = 90
-# What cupy.RawModule appends to the caller's options (cupy/cuda/compiler.py), besides -arch.
-CUPY_ADDED_OPTIONS = ("-ftz=true",)
 
 
 def _candidate_libraries() -> list[Path]:
@@ -120,7 +120,11 @@ def _cases():
 
 
 def _compile(major: int, arch: int, source: str, names):
-    options = (*_loader.NVRTC_OPTIONS, *CUPY_ADDED_OPTIONS, f"--gpu-architecture=compute_{arch}")
+    options = (
+        *_loader.NVRTC_OPTIONS,
+        *_loader.CUPY_ADDED_NVRTC_OPTIONS,
+        f"--gpu-architecture=compute_{arch}",
+    )
     return nvrtc_by_major()[major].compile(source, names, options)
 
 
