@@ -351,9 +351,9 @@ def test_launch_configuration_is_checked(reverse, grid, block, shared, match):
 # Host-only source (cupytv_host:: and gettid come with the host executor's header). `who` records,
 # per block, the launch's worker index (0: the launching thread) and the OS thread that ran it.
 # `wait_for_helper`: block 0 polls, for up to `polls` rounds of a short sleep, until a block run by
-# a helper has recorded itself, so it passes only if a helper took part in the launch while the
-# launching thread was still busy with block 0 (a bounded wait, not a timing assertion: on any
-# machine a helper wakes within the minutes the bound allows).
+# another worker than its own has recorded itself, so it passes only if two workers (the launching
+# thread and a helper, in either role) ran blocks of the launch at once (a bounded wait, not a
+# timing assertion: on any machine a helper wakes within the minutes the bound allows).
 WHO_RUNS = """
 __global__ void who(int* worker, long long* tid) {
   if (threadIdx.x == 0) {
@@ -369,7 +369,8 @@ __global__ void wait_for_helper(int* worker, int* saw_helper, long long polls) {
   if (blockIdx.x != 0) return;
   for (long long i = 0; i < polls; ++i) {
     for (unsigned b = 1; b < gridDim.x; ++b) {
-      if (std::atomic_ref<int>(worker[b]).load() > 0) {
+      const int other = std::atomic_ref<int>(worker[b]).load();
+      if (other >= 0 && other != me) {
         *saw_helper = 1;
         return;
       }
@@ -427,7 +428,7 @@ def test_a_launch_after_idle_time_wakes_a_sleeping_helper(who_module):
     finally:
         cupytv.set_num_threads(None)
     assert worker.min() >= 0, "every block ran"
-    assert saw_helper[0] == 1, "no helper joined while block 0 waited"
+    assert saw_helper[0] == 1, "no other worker ran a block while block 0 waited"
 
 
 def test_one_chunk_runs_on_the_calling_thread_alone(who_module):
