@@ -33,6 +33,7 @@
 #include <cstring>
 #include <mutex>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <tuple>
 #include <type_traits>
@@ -382,7 +383,7 @@ struct Worker {
   }
 };
 
-// The worker of the calling OS thread. run_grid sets it up on each worker before any block runs;
+// The worker of the calling OS thread. run_chunks sets it up on each worker before any block runs;
 // afterwards the hot paths read this plain pointer, which needs no initialisation guard.
 static thread_local Worker* current_worker;
 
@@ -692,7 +693,14 @@ void run_grid(const LaunchConfig& cfg, Body& body) {
   {
     std::lock_guard lock(p.mutex);
     const unsigned long long seen = p.generation.load(std::memory_order_relaxed);
-    for (; p.threads < l.helpers; ++p.threads) std::thread(helper_main, &p, seen).detach();
+    for (; p.threads < l.helpers; ++p.threads) {
+      try {
+        std::thread(helper_main, &p, seen).detach();
+      } catch (const std::system_error&) {  // out of threads (ulimit, cgroup pids): fewer helpers
+        break;
+      }
+    }
+    l.helpers = std::min(l.helpers, p.threads);
     p.launch = &l;
     l.open = true;
     p.generation.store(seen + 1, std::memory_order_release);
