@@ -132,10 +132,10 @@ def spinner(limit_s: float) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code])
 
 
-def run_phase(trees: list[Tree], rounds: int, reps: int) -> dict:
-    samples = {(t.label, c, s): [] for t in trees for c in CASES for s in SETTINGS}
+def run_phase(trees: list[Tree], cases: list[str], rounds: int, reps: int) -> dict:
+    samples = {(t.label, c, s): [] for t in trees for c in cases for s in SETTINGS}
     for r in range(rounds):
-        for case in CASES:
+        for case in cases:
             for tree in trees:
                 for setting in SETTINGS:
                     samples[tree.label, case, setting].append(tree.time(case, setting, reps))
@@ -143,9 +143,9 @@ def run_phase(trees: list[Tree], rounds: int, reps: int) -> dict:
     return samples
 
 
-def summarize(phase: str, trees: list[Tree], samples: dict) -> list[dict]:
+def summarize(phase: str, trees: list[Tree], cases: list[str], samples: dict) -> list[dict]:
     rows = []
-    for case in CASES:
+    for case in cases:
         for tree in trees:
             med = {s: statistics.median(samples[tree.label, case, s]) for s in SETTINGS}
             best = min(med.values())
@@ -191,6 +191,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--reps", type=int, default=3, help="calls per measurement (median)")
     parser.add_argument("--quick", action="store_true", help="3 rounds of 1 call")
+    parser.add_argument(
+        "--cases", nargs="+", metavar="PREFIX", help="only the cases whose names start so"
+    )
     parser.add_argument("--busy-limit", type=float, default=900.0, help="spinner's own time limit")
     parser.add_argument(
         "--json", type=Path, default=ROOT / "benchmarks" / "results" / "bench_threads.json"
@@ -201,6 +204,9 @@ def main() -> None:
         return
     if args.quick:
         args.rounds, args.reps = 3, 1
+    cases = [c for c in CASES if not args.cases or any(c.startswith(p) for p in args.cases)]
+    if not cases:
+        raise SystemExit(f"--cases: expected prefixes of {list(CASES)}, got {args.cases}")
 
     trees = [Tree(str(ROOT))] + [Tree(spec) for spec in args.compare]
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
@@ -208,13 +214,13 @@ def main() -> None:
     rows = []
     try:
         print("idle phase", flush=True)
-        rows += summarize("idle", trees, run_phase(trees, args.rounds, args.reps))
+        rows += summarize("idle", trees, cases, run_phase(trees, cases, args.rounds, args.reps))
         print("busy phase: one core kept busy by a spinning child process", flush=True)
         spin = spinner(args.busy_limit)
         try:
             time.sleep(0.5)  # let the scheduler settle the spinner on a core
             load["busy start"] = os.getloadavg()
-            rows += summarize("busy", trees, run_phase(trees, args.rounds, args.reps))
+            rows += summarize("busy", trees, cases, run_phase(trees, cases, args.rounds, args.reps))
         finally:
             spin.kill()
             spin.wait()
@@ -225,7 +231,7 @@ def main() -> None:
     print_table(rows)
     print("\nload averages (1, 5, 15 min):", load)
     for phase in ("idle", "busy"):
-        for case in CASES:
+        for case in cases:
             r = next(
                 r
                 for r in rows
@@ -257,6 +263,7 @@ def main() -> None:
         },
         "default_threads": {t.label: t.default_threads for t in trees},
         "load_averages": load,
+        "cases": cases,
         "rounds": args.rounds,
         "reps": args.reps,
         "busy_target": BUSY_TARGET,
