@@ -100,7 +100,8 @@ def build_plain_c(workdir: Path) -> ctypes.CDLL:
     src.write_text(PLAIN_C)
     out = workdir / "plain.so"
     subprocess.run(
-        [*host_build.find_compiler(), *host_build.BASE_FLAGS, str(src), "-o", str(out)],
+        # The executor runs blocks on its own thread pool; the baseline uses OpenMP.
+        [*host_build.find_compiler(), *host_build.BASE_FLAGS, "-fopenmp", str(src), "-o", str(out)],
         check=True,
     )
     lib = ctypes.CDLL(str(out))

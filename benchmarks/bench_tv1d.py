@@ -226,7 +226,15 @@ def start_plain_c_build(workdir: Path, source: str | None, algorithms: tuple[str
     parts += [PLAIN_C_FORWARD.format(algo=a) for a in algorithms]
     src, out = workdir / "plain_tv1d.cpp", workdir / "plain_tv1d.so"
     src.write_text("\n".join(parts))
-    command = [*host_build.find_compiler(), *host_build.BASE_FLAGS, str(src), "-o", str(out)]
+    # The executor runs blocks on its own thread pool; the baseline uses OpenMP.
+    command = [
+        *host_build.find_compiler(),
+        *host_build.BASE_FLAGS,
+        "-fopenmp",
+        str(src),
+        "-o",
+        str(out),
+    ]
     return subprocess.Popen(command, stderr=subprocess.PIPE, text=True), out
 
 

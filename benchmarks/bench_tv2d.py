@@ -43,8 +43,9 @@ median / iters.
 
 Timing as in bench_tv1d.py: every implementation of a case warmed up once (its output checked),
 then timed REPS times in interleaved rounds; medians; a warm-up slower than SLOW_CALL_S is the
-only call timed. Host rows use all OpenMP threads (OMP_NUM_THREADS, else every core); GPU rows
-(when CuPy can launch) time GPU_BATCH calls between CUDA events on the current stream. proxTV is
+only call timed. Host rows use the host executor's default thread count (OMP_NUM_THREADS, else
+the cores of the affinity mask); GPU rows (when CuPy can launch) time GPU_BATCH calls between CUDA
+events on the current stream. proxTV is
 optional: absent, its rows are skipped with a note. The proxTV convention (weight w on both axes,
 the same F) is checked numerically against the reference on a small image before any timing.
 
@@ -88,6 +89,7 @@ from bench_tv1d import (  # noqa: E402
 import cupytv  # noqa: E402
 from cupytv import _loader, reference, tv2d  # noqa: E402
 from cupytv._host import build as host_build  # noqa: E402
+from cupytv._host.launch import launch_workers  # noqa: E402
 
 SEED = 0
 IMAGE_LAM = 0.1  # the weight for images in [0, 1]
@@ -601,7 +603,7 @@ def main() -> None:
         sys.exit("unset CUPYTV_HOST_SANITIZE: sanitized builds are not what this measures")
     load_start = os.getloadavg()
     started = time.perf_counter()
-    threads = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
+    threads = launch_workers()
     reps = QUICK_REPS if args.quick else REPS
     prox_tv, proxtv_version = optional_import("prox_tv", "prox-tv")
     gpu = usable_gpu()

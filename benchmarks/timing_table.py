@@ -103,6 +103,7 @@ import cupytv  # noqa: E402
 from cupytv import reference, tv1d, tv2d  # noqa: E402
 from cupytv._device import gpu_unavailable_reason, usable_cupy  # noqa: E402
 from cupytv._host import build as host_build  # noqa: E402
+from cupytv._host.launch import launch_workers  # noqa: E402
 
 SEED = 0
 LAM_1D = 0.5  # half the noise's standard deviation: most of the noise is flattened, steps stay
@@ -1043,7 +1044,7 @@ def main(argv=None) -> dict:
     started, load_start = time.perf_counter(), os.getloadavg()
     notes: list[str] = []
     env = environment(args.hardware, notes)
-    omp_threads = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
+    omp_threads = launch_workers()
     torch_threads = env.torch.get_num_threads() if env.torch is not None else None
     if args.hardware == "gpu" and env.gpu is None:
         sys.exit(f"--hardware gpu: no usable GPU here ({gpu_unavailable_reason()})")
@@ -1052,7 +1053,7 @@ def main(argv=None) -> dict:
         slug += f"-{args.size}"
         notes.append(f"--size {args.size}: reduced sizes, not the issue's")
     print(
-        f"{cpu_model()}, {os.cpu_count()} cores, {omp_threads} OpenMP threads, torch threads "
+        f"{cpu_model()}, {os.cpu_count()} cores, {omp_threads} host threads, torch threads "
         f"{torch_threads}, load average {load_start[0]:.2f}; GPU: {env.gpu_name or 'none'}; "
         f"size {args.size}"
     )
@@ -1162,7 +1163,7 @@ def markdown(report: dict, md_cases: list[str]) -> str:
     lines = [
         f"# TV layer timing table: {m['slug']}",
         "",
-        f"{report['date']}, {m['cpu']} ({m['cores']} cores, {m['omp_threads']} OpenMP threads, "
+        f"{report['date']}, {m['cpu']} ({m['cores']} cores, {m['omp_threads']} host threads, "
         f"torch {m['torch_threads']} threads){gpu}; load average {m['load_average_start'][0]:.2f} "
         f"at start, {m['load_average_end'][0]:.2f} at end; {report['seconds']:.0f} s in all.",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".",

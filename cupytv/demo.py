@@ -10,7 +10,6 @@ executor; the figure and the printout say which, and how long each solve took.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -87,7 +86,9 @@ def backend() -> tuple[object, str]:
     if cupy is not None:
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
         return cupy, f"GPU: {props['name'].decode()} (CuPy)"
-    threads = os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0))
+    from cupytv._host.launch import launch_workers
+
+    threads = launch_workers()
     return np, f"CPU: host executor, {threads} threads"
 
 

@@ -41,8 +41,7 @@ which draws fresh examples on every run (about 40 minutes at 5000 on 2 cores, mo
 exactly. A failure prints the falsifying example and a ``@reproduce_failure(...)`` line that
 replays it when pasted above the test. ``CUPYTV_FUZZ_SHRINK=0`` skips shrinking, for runs that
 only need the corpus executed: tests/test_sanitize.py runs this module that way under
-ASan/UBSan, 30 examples per property. On a machine shared with other processes, set
-``OMP_WAIT_POLICY=passive`` (README): spinning OpenMP joins make the 2D properties 10-20x slower.
+ASan/UBSan, 30 examples per property.
 """
 
 from __future__ import annotations

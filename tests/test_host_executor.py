@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import platform
 import stat
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -344,32 +346,160 @@ def test_launch_configuration_is_checked(reverse, grid, block, shared, match):
         reverse(grid, block, good_args(), shared_mem=shared)
 
 
-# ---- worker threads: cupytv.set_num_threads ----
+# ---- worker threads: cupytv.set_num_threads and the pool ----
 
-# Each block records the OpenMP worker that ran it (host-only source: omp.h comes with the
-# host executor's header).
+# Host-only source (cupytv_host:: and gettid come with the host executor's header). `who` records,
+# per block, the launch's worker index (0: the launching thread) and the OS thread that ran it.
+# `wait_for_helper`: block 0 polls, for up to `polls` rounds of a short sleep, until a block run by
+# another worker than its own has recorded itself, so it passes only if two workers (the launching
+# thread and a helper, in either role) ran blocks of the launch at once (a bounded wait, not a
+# timing assertion: on any machine a helper wakes within the minutes the bound allows).
 WHO_RUNS = """
-__global__ void who(int* worker) {
-  if (threadIdx.x == 0) worker[blockIdx.x] = omp_get_thread_num();
+__global__ void who(int* worker, long long* tid) {
+  if (threadIdx.x == 0) {
+    worker[blockIdx.x] = cupytv_host::worker_index();
+    tid[blockIdx.x] = gettid();
+  }
+}
+
+__global__ void wait_for_helper(int* worker, int* saw_helper, long long polls) {
+  if (threadIdx.x != 0) return;
+  const int me = cupytv_host::worker_index();
+  std::atomic_ref<int>(worker[blockIdx.x]).store(me);
+  if (blockIdx.x != 0) return;
+  for (long long i = 0; i < polls; ++i) {
+    for (unsigned b = 1; b < gridDim.x; ++b) {
+      const int other = std::atomic_ref<int>(worker[b]).load();
+      if (other >= 0 && other != me) {
+        *saw_helper = 1;
+        return;
+      }
+    }
+    usleep(1000);
+  }
 }
 """
+# block 0 gives the helpers up to this many 1 ms sleeps (~2 minutes) to show up
+HELPER_POLLS = 120_000
+
+
+@pytest.fixture(scope="module")
+def who_module():
+    return HostModule(WHO_RUNS, ("who", "wait_for_helper"))
+
+
+def run_who(module, blocks: int = 4096):
+    worker = np.full(blocks, -1, np.int32)
+    tid = np.zeros(blocks, np.int64)
+    module.get_function("who")((blocks,), (32,), (worker, tid))
+    return worker, tid
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])
-def test_set_num_threads_bounds_the_workers_of_every_launch(n):
-    # On this 2-core machine OpenMP's default runs blocks on 2 workers, so n = 1 fails if the
-    # setting is ignored; n = 3 asks for more workers than cores (allowed, as with OpenMP).
-    who = HostModule(WHO_RUNS, ("who",)).get_function("who")
-    workers = np.full(4096, -1, np.int32)
+def test_set_num_threads_bounds_the_workers_of_every_launch(who_module, n):
+    # n = 1 fails if the setting is ignored (the default here is 2, the cores of this machine);
+    # n = 3 asks for more workers than cores (allowed). Run twice: the second launch reuses the
+    # pool's helpers, which must not exceed n either.
     cupytv.set_num_threads(n)
     try:
         assert cupytv.get_num_threads() == n
-        who((workers.size,), (32,), (workers,))
+        for _ in range(2):
+            worker, tid = run_who(who_module)
+            assert worker.min() >= 0, "every block ran"
+            assert worker.max() < n, f"a block ran on worker {worker.max()} with {n} threads set"
+            assert len(set(tid)) <= n, f"{len(set(tid))} OS threads ran blocks, {n} allowed"
+            assert tid[worker == 0].size == 0 or len(set(tid[worker == 0])) == 1
     finally:
         cupytv.set_num_threads(None)
     assert cupytv.get_num_threads() is None
-    assert workers.min() >= 0, "every block ran"
-    assert workers.max() < n, f"a block ran on worker {workers.max()} with {n} threads set"
+
+
+def test_a_launch_after_idle_time_wakes_a_sleeping_helper(who_module):
+    """Idle helpers spin only briefly, then block; a later launch must still wake one."""
+    cupytv.set_num_threads(2)
+    try:
+        run_who(who_module)  # the pool starts its helper
+        time.sleep(1.0)  # far beyond the spin: the helper is asleep now
+        worker = np.full(64, -1, np.int32)
+        saw_helper = np.zeros(1, np.int32)
+        who_module.get_function("wait_for_helper")(
+            (worker.size,), (1,), (worker, saw_helper, np.int64(HELPER_POLLS))
+        )
+    finally:
+        cupytv.set_num_threads(None)
+    assert worker.min() >= 0, "every block ran"
+    assert saw_helper[0] == 1, "no other worker ran a block while block 0 waited"
+
+
+def test_one_chunk_runs_on_the_calling_thread_alone(who_module):
+    # A grid with one block wakes no helper, whatever the thread count.
+    cupytv.set_num_threads(2)
+    try:
+        worker, tid = run_who(who_module, blocks=1)
+    finally:
+        cupytv.set_num_threads(None)
+    assert worker.tolist() == [0]
+    assert tid[0] == threading.get_native_id()
+
+
+def test_concurrent_launches_from_several_threads_all_complete(who_module):
+    # One launch owns the pool; another thread's launch meanwhile runs on that thread alone.
+    cupytv.set_num_threads(2)
+    results = {}
+
+    def launch(k):
+        results[k] = [run_who(who_module, 2048)[0].min() for _ in range(20)]
+
+    try:
+        threads = [threading.Thread(target=launch, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        cupytv.set_num_threads(None)
+    assert sorted(results) == [0, 1, 2]
+    assert all(m >= 0 for r in results.values() for m in r), "a block of some launch never ran"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_runs_launches_on_its_own_pool(who_module):
+    # The child inherits no helper threads (DataLoader workers are forked): its launches must
+    # still run every block, on a pool of its own.
+    cupytv.set_num_threads(2)
+    try:
+        run_who(who_module)  # the parent's pool is started
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report and leave without running pytest's teardown
+            status = 1
+            try:
+                worker, _ = run_who(who_module)
+                status = 0 if worker.min() >= 0 and worker.max() < 2 else 2
+            finally:
+                os.write(write, bytes([status]))
+                os._exit(0)
+        os.close(write)
+        status = os.read(read, 1)
+        os.close(read)
+        os.waitpid(pid, 0)
+    finally:
+        cupytv.set_num_threads(None)
+    assert status == bytes([0]), f"the child's launch failed (status {status!r})"
+
+
+def test_default_thread_count_follows_omp_num_threads_then_affinity(monkeypatch):
+    from cupytv._host import launch
+
+    cores = len(os.sched_getaffinity(0))
+    for env, expected in (("3", 3), ("4,2", 4), ("0", cores), ("x", cores), (None, cores)):
+        if env is None:
+            monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        else:
+            monkeypatch.setenv("OMP_NUM_THREADS", env)
+        launch.default_num_threads.cache_clear()
+        assert launch.default_num_threads() == expected, env
+    launch.default_num_threads.cache_clear()
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.0, True, "2"])

@@ -26,16 +26,16 @@ COMPILERS = ("g++", "c++", "clang++")
 
 _HEADER = Path(__file__).with_name("cuda_host.h")
 
-# -O2 as a release build; C++20 for std::atomic_ref (floating-point atomicAdd); OpenMP runs the
-# blocks of a grid in parallel; hidden visibility exports only the generated launchers; the
-# local-dynamic TLS model finds all of a function's thread-locals (threadIdx, __shared__ arrays)
-# with one __tls_get_addr call instead of one per variable.
+# -O2 as a release build; C++20 for std::atomic_ref (floating-point atomicAdd); -pthread for the
+# worker pool that runs the blocks of a grid in parallel (cuda_host.h; no OpenMP, whose joins
+# stall on a shared CPU); hidden visibility exports only the generated launchers; the local-dynamic
+# TLS model finds all of a function's thread-locals (threadIdx, __shared__ arrays) with one
+# __tls_get_addr call instead of one per variable.
 BASE_FLAGS = (
     "-std=c++20",
     "-O2",
     "-fPIC",
     "-shared",
-    "-fopenmp",
     "-pthread",
     "-fvisibility=hidden",
     "-ftls-model=local-dynamic",

@@ -5,7 +5,8 @@
 // template instantiation) call cupytv_host::launch<&kernel<T>>.
 //
 // Execution model (the why is in docs/ARCHITECTURE.md, "Kernel runtime"):
-//   * Blocks run in parallel on OpenMP worker threads, one block at a time per worker.
+//   * Blocks run in parallel on the calling thread and the helper threads of a small pool (see
+//     "The worker pool" below), one block at a time per thread.
 //   * The threads of a block all run on their worker's OS thread. A "driver" loop calls the kernel
 //     once per CUDA thread, in threadIdx order, as a plain function call. A thread that reaches
 //     __syncthreads() keeps the fiber stack it is running on; a new driver continues the loop on a
@@ -22,19 +23,23 @@
 #include <atomic>
 #include <bit>
 #include <cassert>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
-#include <omp.h>
 #include <pthread.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -378,7 +383,7 @@ struct Worker {
   }
 };
 
-// The worker of the calling OS thread. run_grid sets it up on each worker before any block runs;
+// The worker of the calling OS thread. run_chunks sets it up on each worker before any block runs;
 // afterwards the hot paths read this plain pointer, which needs no initialisation guard.
 static thread_local Worker* current_worker;
 
@@ -494,8 +499,8 @@ inline void run_block(Worker& w) {
 inline unsigned char* dynamic_shared() { return current_worker->dynamic_shared; }
 
 // The launch configuration as the Python side passes it (mirrored by a ctypes.Structure).
-// workers: OpenMP threads running the blocks (cupytv.set_num_threads), 0 for OpenMP's default
-// (OMP_NUM_THREADS, else every core), which the process's environment fixes at load time.
+// workers: how many OS threads may run the blocks, the calling thread included
+// (cupytv.set_num_threads; the Python side resolves its default); 0 or less: every core.
 struct LaunchConfig {
   unsigned int grid[3];
   unsigned int block[3];
@@ -503,37 +508,220 @@ struct LaunchConfig {
   int workers;
 };
 
+// ------------------------------------------------------------------------------------------------
+// The worker pool: the blocks of a grid run on the calling thread plus up to workers - 1 helper
+// threads of a pool this library starts on first use and keeps.
+//
+// Why not an OpenMP parallel-for (the first version): its region ends at a barrier that waits for
+// every thread of the team, so on a CPU that other processes keep busy each launch waited for its
+// worst-scheduled thread, and libgomp's idle threads spun on cores that the thread waited for
+// needed; its wait policy is read once per process, from the environment, by whichever
+// libgomp.so.1 loads first (torch ships its own under that soname). Measured: a 2D solve 13x
+// slower with one core busy than on one thread (benchmarks/NOTES.md, "Threads on a shared CPU").
+// Here:
+//   * a launch waits only for the helpers that joined it. A helper that has not woken by the time
+//     every block is claimed is not waited for: it finds the launch closed and sleeps again.
+//   * an idle helper spins for at most kSpinMicros (an iterative solver's next launch usually
+//     comes sooner), then blocks on a condition variable; the caller waiting for joined helpers
+//     does the same. Nothing spins longer than that on a core another process needs.
+//   * a grid with fewer chunks than workers wakes only as many helpers as it has chunks.
+//   * blocks are claimed in chunks from one atomic counter (dynamic scheduling).
+// Launches from several threads at once are allowed: the pool serves one, the others run their
+// blocks on their own thread. After fork() the child starts a fresh pool (its helpers are gone).
+
+// How long an idle thread polls before blocking. A multi-launch 2D iteration issues a launch every
+// ~50-100 us (the Python side's cost per launch), so a helper that spins this long catches the next
+// one without a wake-up (~10-50 us on a VM); a longer spin only burns a core another process
+// could use. Measured on the shared 2-core machine: 0, 100 and 1000 us alike within the noise,
+// and longer spins joined fewer launches under load (a thread that blocks gets the scheduler's
+// wake-up preference, one that spins waits for its turn; NOTES.md).
+#ifndef CUPYTV_HOST_SPIN_US
+#define CUPYTV_HOST_SPIN_US 100
+#endif
+constexpr long long kSpinMicros = CUPYTV_HOST_SPIN_US;
+
 // Over-decomposing the grid into chunks keeps workers busy when blocks take uneven time.
 constexpr long long kChunksPerWorker = 8;
 
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// Polls `ready` for up to kSpinMicros; whether it became true. The clock is read once per
+// kPollsPerClockRead polls (a pause is ~10-150 cycles, a clock read ~20 ns).
+template <class Ready>
+bool spin_until(Ready ready) {
+  constexpr int kPollsPerClockRead = 64;
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
+  for (;;) {
+    for (int i = 0; i < kPollsPerClockRead; ++i) {
+      if (ready()) return true;
+      cpu_relax();
+    }
+    if (std::chrono::steady_clock::now() >= deadline) return ready();
+  }
+}
+
+// The index of the calling thread within the launch it is running: 0 for the launching thread,
+// 1 .. workers - 1 for the helpers that joined (what omp_get_thread_num() was). Tests read it.
+static thread_local int worker_slot = 0;
+inline int worker_index() { return worker_slot; }
+
+// One grid's shared state, on the launching thread's stack for the launch's duration.
+struct Launch {
+  void (*run)(Launch&) = nullptr;  // claims and runs chunks of blocks until none is left
+  const LaunchConfig* cfg = nullptr;
+  void* body = nullptr;
+  long long nblocks = 0;
+  long long chunk = 1;
+  std::atomic<long long> next{0};  // the first block not yet claimed
+  int helpers = 0;                 // how many helpers may join
+  int joined = 0;                  // how many did (guarded by Pool::mutex)
+  bool open = false;               // helpers may still join (guarded by Pool::mutex)
+  std::atomic<int> active{0};      // joined helpers still running it
+};
+
+struct Pool {
+  std::mutex mutex;              // guards launch, the Launch's joined/open, sleepers, threads
+  std::condition_variable work;  // idle helpers sleep here
+  std::condition_variable done;  // the launching thread sleeps here for joined helpers
+  std::atomic<unsigned long long> generation{0};  // bumped when a launch is published
+  Launch* launch = nullptr;
+  int sleepers = 0;
+  int threads = 0;
+  std::mutex owner;  // held by the thread whose launch the pool serves
+};
+
+inline void helper_main(Pool* p, unsigned long long seen) {
+  for (;;) {
+    if (!spin_until([&] { return p->generation.load(std::memory_order_acquire) != seen; })) {
+      std::unique_lock lock(p->mutex);
+      ++p->sleepers;
+      p->work.wait(lock, [&] { return p->generation.load(std::memory_order_relaxed) != seen; });
+      --p->sleepers;
+    }
+    std::unique_lock lock(p->mutex);
+    seen = p->generation.load(std::memory_order_relaxed);
+    Launch* l = p->launch;
+    if (l == nullptr || !l->open || l->joined == l->helpers) continue;
+    worker_slot = ++l->joined;
+    l->active.fetch_add(1, std::memory_order_relaxed);
+    lock.unlock();
+    l->run(*l);
+    worker_slot = 0;
+    lock.lock();
+    // The release half publishes this helper's blocks to the launching thread; `l` is not
+    // touched after it (the launch may return and free it at once).
+    if (l->active.fetch_sub(1, std::memory_order_acq_rel) == 1) p->done.notify_one();
+  }
+}
+
+// This library's pool. A fork()ed child has none of the parent's helpers (and possibly a mutex
+// one of them held), so it forgets the parent's pool, leaked on purpose, and starts its own.
+inline std::atomic<Pool*>& pool_slot() {
+  static std::atomic<Pool*> slot{nullptr};
+  return slot;
+}
+
+inline Pool& pool() {
+  static const int at_fork = pthread_atfork(nullptr, nullptr, [] {
+    pool_slot().store(nullptr, std::memory_order_relaxed);
+  });
+  (void)at_fork;
+  std::atomic<Pool*>& slot = pool_slot();
+  Pool* p = slot.load(std::memory_order_acquire);
+  if (p != nullptr) return *p;
+  // Helpers never exit, so the pool is never freed (ctypes never unloads the library).
+  Pool* fresh = new Pool;
+  if (slot.compare_exchange_strong(p, fresh, std::memory_order_acq_rel)) return *fresh;
+  delete fresh;  // another thread installed one first
+  return *p;
+}
+
 template <class Body>
-void run_grid(const LaunchConfig& cfg, Body& body) {
-  const long long gx = cfg.grid[0], gy = cfg.grid[1], gz = cfg.grid[2];
-  const long long nblocks = gx * gy * gz;
-  if (nblocks == 0) return;
-  const int workers = cfg.workers > 0 ? cfg.workers : omp_get_max_threads();
-  const long long chunk =
-      std::max(1LL, nblocks / (static_cast<long long>(workers) * kChunksPerWorker));
-#pragma omp parallel num_threads(workers) if (nblocks > 1)
-  {
-    Worker& w = setup_worker();
-    blockDim = dim3{cfg.block[0], cfg.block[1], cfg.block[2]};
-    gridDim = dim3{cfg.grid[0], cfg.grid[1], cfg.grid[2]};
-    w.nthreads = cfg.block[0] * cfg.block[1] * cfg.block[2];
-    if (w.thread_ctx.size() < w.nthreads) w.thread_ctx.resize(w.nthreads);
-    w.driver_entry = &driver_main<Body>;
-    w.body = &body;
-    // Exactly the requested bytes, freshly allocated, so the sanitizer flags any overrun.
-    w.dynamic_shared = static_cast<unsigned char*>(std::malloc(cfg.shared_mem ? cfg.shared_mem : 1));
-#pragma omp for schedule(dynamic, chunk)
-    for (long long b = 0; b < nblocks; ++b) {
+void run_chunks(Launch& l) {
+  const LaunchConfig& cfg = *l.cfg;
+  Worker& w = setup_worker();
+  blockDim = dim3{cfg.block[0], cfg.block[1], cfg.block[2]};
+  gridDim = dim3{cfg.grid[0], cfg.grid[1], cfg.grid[2]};
+  w.nthreads = cfg.block[0] * cfg.block[1] * cfg.block[2];
+  if (w.thread_ctx.size() < w.nthreads) w.thread_ctx.resize(w.nthreads);
+  w.driver_entry = &driver_main<Body>;
+  w.body = l.body;
+  // Exactly the requested bytes, freshly allocated, so the sanitizer flags any overrun.
+  w.dynamic_shared = static_cast<unsigned char*>(std::malloc(cfg.shared_mem ? cfg.shared_mem : 1));
+  const long long gx = cfg.grid[0], gy = cfg.grid[1];
+  for (;;) {
+    const long long first = l.next.fetch_add(l.chunk, std::memory_order_relaxed);
+    if (first >= l.nblocks) break;
+    const long long last = std::min(first + l.chunk, l.nblocks);
+    for (long long b = first; b < last; ++b) {
       blockIdx = uint3{static_cast<unsigned>(b % gx), static_cast<unsigned>((b / gx) % gy),
                        static_cast<unsigned>(b / (gx * gy))};
       run_block(w);
     }
-    std::free(w.dynamic_shared);
-    w.dynamic_shared = nullptr;
   }
+  std::free(w.dynamic_shared);
+  w.dynamic_shared = nullptr;
+}
+
+template <class Body>
+void run_grid(const LaunchConfig& cfg, Body& body) {
+  const long long nblocks =
+      static_cast<long long>(cfg.grid[0]) * cfg.grid[1] * cfg.grid[2];
+  if (nblocks == 0) return;
+  const long long workers =
+      cfg.workers > 0 ? cfg.workers : std::max(1u, std::thread::hardware_concurrency());
+  Launch l;
+  l.run = &run_chunks<Body>;
+  l.cfg = &cfg;
+  l.body = &body;
+  l.nblocks = nblocks;
+  l.chunk = std::max(1LL, nblocks / (workers * kChunksPerWorker));
+  const long long chunks = (nblocks + l.chunk - 1) / l.chunk;
+  l.helpers = static_cast<int>(std::min(workers, chunks) - 1);
+  Pool& p = pool();
+  // Serial: one worker asked for, one chunk, or the pool busy with another thread's launch.
+  if (l.helpers == 0 || !p.owner.try_lock()) {
+    run_chunks<Body>(l);
+    return;
+  }
+  int wake = 0;
+  {
+    std::lock_guard lock(p.mutex);
+    const unsigned long long seen = p.generation.load(std::memory_order_relaxed);
+    for (; p.threads < l.helpers; ++p.threads) {
+      try {
+        std::thread(helper_main, &p, seen).detach();
+      } catch (const std::system_error&) {  // out of threads (ulimit, cgroup pids): fewer helpers
+        break;
+      }
+    }
+    l.helpers = std::min(l.helpers, p.threads);
+    p.launch = &l;
+    l.open = true;
+    p.generation.store(seen + 1, std::memory_order_release);
+    wake = std::min(p.sleepers, l.helpers);
+  }
+  for (int i = 0; i < wake; ++i) p.work.notify_one();
+  run_chunks<Body>(l);
+  // Every block is claimed: close the launch, then wait for the helpers that joined it.
+  {
+    std::lock_guard lock(p.mutex);
+    l.open = false;
+    p.launch = nullptr;
+  }
+  const auto finished = [&] { return l.active.load(std::memory_order_acquire) == 0; };
+  if (!spin_until(finished)) {
+    std::unique_lock lock(p.mutex);
+    p.done.wait(lock, finished);
+  }
+  p.owner.unlock();
 }
 
 // Type codes for the launcher's signature string, read by the Python side to check arguments:

@@ -10,7 +10,11 @@ refused here, where CI runs.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
+import functools
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,17 +42,24 @@ class _LaunchConfig(ctypes.Structure):
     )
 
 
-#: Worker threads per launch (set_num_threads); 0: OpenMP's default.
+#: Worker threads per launch set by set_num_threads; 0: not set.
 _workers = 0
+#: The count a caller asks for when set_num_threads was not called (cupytv.torch passes
+#: torch.get_num_threads()); 0: none. A context variable, so concurrent callers do not mix.
+_caller_workers: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "cupytv_host_workers", default=0
+)
 
 
 def set_num_threads(n: int | None) -> None:
     """Run the host executor's launches (NumPy arrays) on ``n`` CPU threads; None: the default.
 
-    The default is OpenMP's: ``OMP_NUM_THREADS`` as the process started, else every core. This
-    changes it at any time, for every later launch in the process: on a machine whose cores other
-    work keeps busy, fewer threads are faster (the blocks of a launch join at its end, and one
-    descheduled thread holds them all). GPU launches are unaffected.
+    The default is ``OMP_NUM_THREADS`` if set, else the cores this process may run on
+    (``os.sched_getaffinity``); through ``cupytv.torch``, ``torch.get_num_threads()``. This
+    changes it at any time, for every later launch in the process, and wins over both defaults.
+    Idle threads block after a short spin, and a launch waits only for the threads that took part
+    in it, so the default stays fast on a CPU other processes keep busy. GPU launches are
+    unaffected.
     """
     global _workers
     if n is None:
@@ -60,8 +71,37 @@ def set_num_threads(n: int | None) -> None:
 
 
 def get_num_threads() -> int | None:
-    """The thread count :func:`set_num_threads` set, or None when OpenMP's default applies."""
+    """The thread count :func:`set_num_threads` set, or None when the default applies."""
     return _workers or None
+
+
+@functools.cache
+def default_num_threads() -> int:
+    """``OMP_NUM_THREADS`` (its first entry, as OpenMP reads it) if set to a positive int, else
+    the number of cores this process may run on (its affinity mask, which taskset and container
+    cpusets narrow; ``os.cpu_count()`` counts every core of the machine). Read once."""
+    value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no sched_getaffinity (macOS)
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def default_threads_for_caller(n: int):
+    """Within this context, launches use ``n`` threads unless :func:`set_num_threads` was called."""
+    token = _caller_workers.set(max(1, int(n)))
+    try:
+        yield
+    finally:
+        _caller_workers.reset(token)
+
+
+def launch_workers() -> int:
+    """The thread count of the next launch: set_num_threads, else the caller's, else the default."""
+    return _workers or _caller_workers.get() or default_num_threads()
 
 
 def _dims(value: int | Sequence[int], what: str, limits: tuple[int, int, int]) -> tuple[int, ...]:
@@ -125,7 +165,7 @@ class HostKernel:
                 self._check_scalar(i, arg, dtype)
                 slots[i : i + 1].view(np.uint8)[: dtype.itemsize].view(dtype)[0] = arg
             argv[i] = base + 8 * i
-        config = _LaunchConfig(grid3, block3, int(shared_mem), _workers)
+        config = _LaunchConfig(grid3, block3, int(shared_mem), launch_workers())
         self._launcher(ctypes.byref(config), argv)
 
     def _check_array(self, i: int, arg, is_const: bool, dtype: np.dtype) -> None:

@@ -13,6 +13,7 @@ import numbers
 import numpy as np
 import torch
 
+from cupytv._host.launch import default_threads_for_caller
 from cupytv._validation import is_cupy_array
 
 #: Dtypes computed in float32 and returned in their own dtype (the kernels have no half types).
@@ -40,7 +41,13 @@ def from_array(a) -> torch.Tensor:
 
 @contextlib.contextmanager
 def on_stream(t: torch.Tensor):
-    """Make CuPy launch on ``t``'s device and PyTorch's current stream there."""
+    """Make CuPy launch on ``t``'s device and PyTorch's current stream there; on the CPU, run
+    host launches on ``torch.get_num_threads()`` threads (unless ``cupytv.set_num_threads`` was
+    called), so that a model's thread setting covers our ops as it covers torch's own."""
+    if t.device.type == "cpu":
+        with default_threads_for_caller(torch.get_num_threads()):
+            yield
+        return
     if t.device.type != "cuda":
         yield
         return
