@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -49,6 +50,57 @@ def on_stream(t: torch.Tensor):
     stream = torch.cuda.current_stream(t.device)
     with cupy.cuda.Device(t.device.index), cupy.cuda.ExternalStream(stream.cuda_stream):
         yield
+
+
+def apply(function: type[torch.autograd.Function], op, *args):
+    """Run ``op`` through ``function``, its ``torch.autograd.Function`` twin, in eager mode.
+
+    The Function adds what ``custom_op`` + ``register_autograd`` lack: a forward-mode rule
+    (``jvp``, without which forward AD sees no derivative and returns a zero tangent) and the
+    ``setup_context`` / vmap support torch.func needs. Dynamo refuses a Function with a custom
+    ``jvp`` (a graph break), so under ``torch.compile`` the op is called as is: its registered
+    autograd (the same backward) is what AOT autograd traces.
+    """
+    if torch.compiler.is_compiling():
+        return op(*args)
+    return function.apply(*args)
+
+
+def batch_first(t: torch.Tensor, in_dim: int | None, batch_size: int, ndim: int) -> torch.Tensor:
+    """For a vmap rule: ``t`` with its vmapped dimension first (expanded to ``batch_size`` when
+    ``t`` is not vmapped) and then ``ndim`` dimensions, leading ones added, so that it broadcasts
+    against the other arguments exactly as the unbatched ones did."""
+    t = t.expand(batch_size, *t.shape) if in_dim is None else t.movedim(in_dim, 0)
+    return t.reshape(batch_size, *([1] * (ndim + 1 - t.dim())), *t.shape[1:])
+
+
+def unbatched_shape(t: torch.Tensor, in_dim: int | None) -> tuple[int, ...]:
+    """The shape the function under vmap sees for ``t``."""
+    shape = list(t.shape)
+    if in_dim is not None:
+        del shape[in_dim]
+    return tuple(shape)
+
+
+def no_forward_mode(op: str) -> NoReturn:
+    """The error for a forward-mode tangent through an op that has no JVP (never a zero)."""
+    raise NotImplementedError(
+        f"{op}: forward-mode AD (torch.func.jvp, jacfwd, hessian, torch.autograd.forward_ad) is "
+        "not implemented: its Jacobian-vector product needs a tangent pass through the solver's "
+        "iterations. Use reverse mode (backward, torch.func.grad, vjp or jacrev) instead; "
+        "cupytv.torch.prox_tv1d supports both."
+    )
+
+
+def no_double_backward(op: str) -> NoReturn:
+    """The error for differentiating an op's backward when it has no derivative of its own."""
+    raise NotImplementedError(
+        f"{op}: double backward (a backward through a graph made with create_graph=True, "
+        "gradgradcheck, hessian, torch.func.grad of grad) is not implemented: the backward replays "
+        "the solver's iterations and has no derivative of its own. First-order gradients "
+        "(backward, torch.func.grad, vjp, jacrev, vmap) work; cupytv.torch.prox_tv1d supports "
+        "double backward."
+    )
 
 
 def check_input(x, name: str = "x") -> None:

@@ -17,12 +17,17 @@ from torch import Tensor
 import cupytv
 from cupytv._validation import check_max_iter, check_tol, normalize_axes
 from cupytv.torch._bridge import (
+    apply,
+    batch_first,
     check_input,
     compute_dtype,
     from_array,
     lam_tensor,
+    no_double_backward,
+    no_forward_mode,
     on_stream,
     to_array,
+    unbatched_shape,
 )
 from cupytv.torch._modules import TVLayer
 from cupytv.tv2d import DEFAULT_MAX_ITER, DEFAULT_TOL, momentum_flag
@@ -50,6 +55,16 @@ def _(x, lam0, lam1, axes, max_iter, tol, method):
     return torch.empty_like(x), x.new_empty(_batch_shape(x, axes), dtype=torch.int32)
 
 
+@_prox_tv2d.register_vmap
+def _(info, in_dims, x, lam0, lam1, axes, max_iter, tol, method):
+    # Every slice is independent: the vmapped dimension becomes one more batch dimension.
+    ndim = len(unbatched_shape(x, in_dims[0]))
+    x, lam0, lam1 = (batch_first(t, d, info.batch_size, ndim)
+                     for t, d in zip((x, lam0, lam1), in_dims[:3], strict=True))  # fmt: skip
+    axes = [a % ndim + 1 for a in axes]
+    return _prox_tv2d(x, lam0, lam1, axes, max_iter, tol, method), (0, 0)
+
+
 @torch.library.custom_op("cupytv::prox_tv2d_vjp", mutates_args=())
 def _prox_tv2d_vjp(
     g: Tensor, x: Tensor, lam0: Tensor, lam1: Tensor, axes: list[int], n_iter: Tensor, method: str
@@ -67,6 +82,19 @@ def _(g, x, lam0, lam1, axes, n_iter, method):
     return torch.empty_like(x), torch.empty_like(lam0), torch.empty_like(lam1)
 
 
+@_prox_tv2d_vjp.register_vmap
+def _(info, in_dims, g, x, lam0, lam1, axes, n_iter, method):
+    # Everything is expanded to the batch: each batch element's grad_lam is its own.
+    size, ndim = info.batch_size, len(unbatched_shape(x, in_dims[1]))
+    lam_shapes = [unbatched_shape(t, d) for t, d in zip((lam0, lam1), in_dims[2:4], strict=True)]
+    g, x, lam0, lam1 = (batch_first(t, d, size, ndim)
+                        for t, d in zip((g, x, lam0, lam1), in_dims[:4], strict=True))  # fmt: skip
+    n_iter = batch_first(n_iter, in_dims[5], size, ndim - 2)
+    gx, g0, g1 = _prox_tv2d_vjp(g, x, lam0, lam1, [a % ndim + 1 for a in axes], n_iter, method)
+    g0, g1 = (gl.reshape(size, *shape) for gl, shape in zip((g0, g1), lam_shapes, strict=True))
+    return (gx, g0, g1), (0, 0, 0)
+
+
 def _setup_context(ctx, inputs, output):
     x, lam0, lam1, axes, _, _, method = inputs
     ctx.save_for_backward(x, lam0, lam1, output[1])
@@ -76,13 +104,55 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_y, _grad_n_iter):
     x, lam0, lam1, n_iter = ctx.saved_tensors
-    gx, g0, g1 = torch.ops.cupytv.prox_tv2d_vjp(grad_y, x, lam0, lam1, ctx.axes, n_iter,
-                                                ctx.method)  # fmt: skip
+    gx, g0, g1 = apply(_ProxTV2dVJP, torch.ops.cupytv.prox_tv2d_vjp.default, grad_y, x, lam0,
+                       lam1, ctx.axes, n_iter, ctx.method)  # fmt: skip
     need = ctx.needs_input_grad
     return gx, (g0 if need[1] else None), (g1 if need[2] else None), None, None, None, None
 
 
+def _jvp(ctx, *tangents):
+    no_forward_mode("cupytv.torch.prox_tv2d")
+
+
+def _vjp_setup_context(ctx, inputs, output):
+    pass  # nothing to save: the VJP's derivative is refused
+
+
+def _vjp_backward(ctx, *grads):
+    no_double_backward("cupytv.torch.prox_tv2d")
+
+
 _prox_tv2d.register_autograd(_backward, setup_context=_setup_context)
+_prox_tv2d_vjp.register_autograd(_vjp_backward, setup_context=_vjp_setup_context)
+
+
+class _ProxTV2d(torch.autograd.Function):
+    """``cupytv::prox_tv2d`` with torch.func support and a clear forward-mode error (see
+    ``_bridge.apply``)."""
+
+    generate_vmap_rule = True  # the ops' registered vmap rules do the batching
+
+    @staticmethod
+    def forward(x, lam0, lam1, axes, max_iter, tol, method):
+        return torch.ops.cupytv.prox_tv2d.default(x, lam0, lam1, axes, max_iter, tol, method)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward)
+    jvp = staticmethod(_jvp)
+
+
+class _ProxTV2dVJP(torch.autograd.Function):
+    """``cupytv::prox_tv2d_vjp``, whose derivative raises a clear error."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(g, x, lam0, lam1, axes, n_iter, method):
+        return torch.ops.cupytv.prox_tv2d_vjp.default(g, x, lam0, lam1, axes, n_iter, method)
+
+    setup_context = staticmethod(_vjp_setup_context)
+    backward = staticmethod(_vjp_backward)
+    jvp = staticmethod(_vjp_backward)
 
 
 def prox_tv2d(
@@ -139,7 +209,8 @@ def prox_tv2d(
     else:
         lam0 = lam1 = lam_tensor(lam, x)
     cd = compute_dtype(x.dtype)  # .to() of a tensor already in cd is the tensor itself
-    y, n_iter = _prox_tv2d(x.to(cd), lam0.to(cd), lam1.to(cd), axes_list, max_iter, tol, method)
+    y, n_iter = apply(_ProxTV2d, torch.ops.cupytv.prox_tv2d.default, x.to(cd), lam0.to(cd),
+                      lam1.to(cd), axes_list, max_iter, tol, method)  # fmt: skip
     y = y.to(x.dtype)
     return (y, n_iter) if return_n_iter else y
 

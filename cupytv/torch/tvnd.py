@@ -13,12 +13,16 @@ from torch import Tensor
 import cupytv
 from cupytv._validation import check_max_iter, check_tol
 from cupytv.torch._bridge import (
+    batch_first,
     check_input,
     compute_dtype,
     from_array,
     lam_tensor,
+    no_double_backward,
+    no_forward_mode,
     on_stream,
     to_array,
+    unbatched_shape,
 )
 from cupytv.torch.tv1d import prox_tv1d
 from cupytv.torch.tv2d import _batch_shape, prox_tv2d
@@ -43,6 +47,15 @@ def _(x, lams, axes, max_iter, tol):
     return torch.empty_like(x), x.new_empty(_batch_shape(x, axes), dtype=torch.int32)
 
 
+@_prox_tvnd.register_vmap
+def _(info, in_dims, x, lams, axes, max_iter, tol):
+    # Every volume is independent: the vmapped dimension becomes one more batch dimension.
+    size, ndim = info.batch_size, len(unbatched_shape(x, in_dims[0]))
+    x = batch_first(x, in_dims[0], size, ndim)
+    lams = [batch_first(t, d, size, ndim) for t, d in zip(lams, in_dims[1], strict=True)]
+    return _prox_tvnd(x, lams, [a % ndim + 1 for a in axes], max_iter, tol), (0, 0)
+
+
 @torch.library.custom_op("cupytv::prox_tvnd_vjp", mutates_args=())
 def _prox_tvnd_vjp(
     g: Tensor, x: Tensor, lams: list[Tensor], axes: list[int], n_iter: Tensor
@@ -60,6 +73,19 @@ def _(g, x, lams, axes, n_iter):
     return [torch.empty_like(x)] + [torch.empty_like(lam) for lam in lams]
 
 
+@_prox_tvnd_vjp.register_vmap
+def _(info, in_dims, g, x, lams, axes, n_iter):
+    # Everything is expanded to the batch: each batch element's grad_lam is its own.
+    size, ndim = info.batch_size, len(unbatched_shape(x, in_dims[1]))
+    lam_shapes = [unbatched_shape(t, d) for t, d in zip(lams, in_dims[2], strict=True)]
+    g, x = (batch_first(t, d, size, ndim) for t, d in zip((g, x), in_dims[:2], strict=True))
+    lams = [batch_first(t, d, size, ndim) for t, d in zip(lams, in_dims[2], strict=True)]
+    n_iter = batch_first(n_iter, in_dims[4], size, ndim - len(axes))
+    gx, *gl = _prox_tvnd_vjp(g, x, lams, [a % ndim + 1 for a in axes], n_iter)
+    gl = [a.reshape(size, *shape) for a, shape in zip(gl, lam_shapes, strict=True)]
+    return [gx, *gl], [0] * (1 + len(gl))
+
+
 def _setup_context(ctx, inputs, output):
     x, lams, axes, _, _ = inputs
     ctx.save_for_backward(x, output[1], *lams)
@@ -69,11 +95,64 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_y, _grad_n_iter):
     x, n_iter, *lams = ctx.saved_tensors
-    gx, *gl = torch.ops.cupytv.prox_tvnd_vjp(grad_y, x, lams, ctx.axes, n_iter)
+    if torch.compiler.is_compiling():  # see _bridge.apply
+        gx, *gl = torch.ops.cupytv.prox_tvnd_vjp.default(grad_y, x, lams, ctx.axes, n_iter)
+    else:
+        gx, *gl = _ProxTVndVJP.apply(grad_y, x, ctx.axes, n_iter, *lams)
     return gx, gl, None, None, None
 
 
+def _vjp_setup_context(ctx, inputs, output):
+    pass  # nothing to save: the VJP's derivative is refused
+
+
+def _vjp_backward(ctx, *grads):
+    no_double_backward("cupytv.torch.prox_tv")
+
+
 _prox_tvnd.register_autograd(_backward, setup_context=_setup_context)
+_prox_tvnd_vjp.register_autograd(_vjp_backward, setup_context=_vjp_setup_context)
+
+
+class _ProxTVnd(torch.autograd.Function):
+    """``cupytv::prox_tvnd`` with torch.func support and a clear forward-mode error (see
+    ``_bridge.apply``). An autograd.Function sees only top-level tensors, so the weights come
+    last, unpacked (the op takes them as a list)."""
+
+    generate_vmap_rule = True  # the ops' registered vmap rules do the batching
+
+    @staticmethod
+    def forward(x, axes, max_iter, tol, *lams):
+        return torch.ops.cupytv.prox_tvnd.default(x, list(lams), axes, max_iter, tol)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, axes, max_iter, tol, *lams = inputs
+        _setup_context(ctx, (x, lams, axes, max_iter, tol), output)
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_n_iter):
+        gx, gl, *_ = _backward(ctx, grad_y, grad_n_iter)
+        return gx, None, None, None, *gl
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        no_forward_mode("cupytv.torch.prox_tv")
+
+
+class _ProxTVndVJP(torch.autograd.Function):
+    """``cupytv::prox_tvnd_vjp``, whose derivative raises a clear error (weights last, as in
+    ``_ProxTVnd``)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(g, x, axes, n_iter, *lams):
+        return tuple(torch.ops.cupytv.prox_tvnd_vjp.default(g, x, list(lams), axes, n_iter))
+
+    setup_context = staticmethod(_vjp_setup_context)
+    backward = staticmethod(_vjp_backward)
+    jvp = staticmethod(_vjp_backward)
 
 
 def prox_tv(x: Tensor, lam, axes, *, max_iter: int = DEFAULT_MAX_ITER, tol: float = DEFAULT_TOL):
@@ -120,8 +199,11 @@ def prox_tv(x: Tensor, lam, axes, *, max_iter: int = DEFAULT_MAX_ITER, tol: floa
     else:
         lams = [lam_tensor(lam, x)] * len(axes_t)
     cd = compute_dtype(x.dtype)  # .to() of a tensor already in cd is the tensor itself
-    y, _ = _prox_tvnd(x.to(cd), [v.to(cd) for v in lams], [int(a) for a in axes_t], int(max_iter),
-                      float(tol))  # fmt: skip
+    xc, lams, axes_l = x.to(cd), [v.to(cd) for v in lams], [int(a) for a in axes_t]
+    if torch.compiler.is_compiling():  # see _bridge.apply
+        y, _ = _prox_tvnd(xc, lams, axes_l, int(max_iter), float(tol))
+    else:
+        y, _ = _ProxTVnd.apply(xc, axes_l, int(max_iter), float(tol), *lams)
     return y.to(x.dtype)
 
 
