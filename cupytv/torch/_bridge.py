@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-from typing import NoReturn
 
 import numpy as np
 import torch
@@ -63,7 +62,17 @@ def apply(function: type[torch.autograd.Function], op, *args):
     """
     if torch.compiler.is_compiling():
         return op(*args)
-    return function.apply(*args)
+    return function.apply(*(Leaf(a) if isinstance(a, list) else a for a in args))
+
+
+class Leaf(tuple):
+    """A list argument (axes) handed to an autograd.Function as one pytree leaf.
+
+    torch.func flattens a Function's arguments as pytrees: a list of axes became one leaf per
+    axis, and then the tangents were miscounted (jacfwd over jacrev of prox_tv2d failed in
+    get_tangents_in_dims). A subclass of tuple is no registered pytree node; the Functions hand
+    ``list(leaf)`` to the ops.
+    """
 
 
 def batch_first(t: torch.Tensor, in_dim: int | None, batch_size: int, ndim: int) -> torch.Tensor:
@@ -80,27 +89,6 @@ def unbatched_shape(t: torch.Tensor, in_dim: int | None) -> tuple[int, ...]:
     if in_dim is not None:
         del shape[in_dim]
     return tuple(shape)
-
-
-def no_forward_mode(op: str) -> NoReturn:
-    """The error for a forward-mode tangent through an op that has no JVP (never a zero)."""
-    raise NotImplementedError(
-        f"{op}: forward-mode AD (torch.func.jvp, jacfwd, hessian, torch.autograd.forward_ad) is "
-        "not implemented: its Jacobian-vector product needs a tangent pass through the solver's "
-        "iterations. Use reverse mode (backward, torch.func.grad, vjp or jacrev) instead; "
-        "cupytv.torch.prox_tv1d supports both."
-    )
-
-
-def no_double_backward(op: str) -> NoReturn:
-    """The error for differentiating an op's backward when it has no derivative of its own."""
-    raise NotImplementedError(
-        f"{op}: double backward (a backward through a graph made with create_graph=True, "
-        "gradgradcheck, hessian, torch.func.grad of grad) is not implemented: the backward replays "
-        "the solver's iterations and has no derivative of its own. First-order gradients "
-        "(backward, torch.func.grad, vjp, jacrev, vmap) work; cupytv.torch.prox_tv1d supports "
-        "double backward."
-    )
 
 
 def check_input(x, name: str = "x") -> None:

@@ -23,14 +23,12 @@ from cupytv.torch._bridge import (
     compute_dtype,
     from_array,
     lam_tensor,
-    no_double_backward,
-    no_forward_mode,
     on_stream,
     to_array,
     unbatched_shape,
 )
 from cupytv.torch._modules import TVLayer
-from cupytv.tv2d import DEFAULT_MAX_ITER, DEFAULT_TOL, momentum_flag
+from cupytv.tv2d import DEFAULT_MAX_ITER, DEFAULT_TOL, momentum_flag, prox_tv2d_jvp
 
 
 def _batch_shape(x: Tensor, axes: list[int]) -> list[int]:
@@ -95,64 +93,165 @@ def _(info, in_dims, g, x, lam0, lam1, axes, n_iter, method):
     return (gx, g0, g1), (0, 0, 0)
 
 
+@torch.library.custom_op("cupytv::prox_tv2d_jvp", mutates_args=())
+def _prox_tv2d_jvp(
+    x: Tensor,
+    lam0: Tensor,
+    lam1: Tensor,
+    x_dot: Tensor,
+    lam0_dot: Tensor,
+    lam1_dot: Tensor,
+    axes: list[int],
+    n_iter: Tensor,
+    method: str,
+) -> Tensor:
+    with on_stream(x):
+        y_dot = prox_tv2d_jvp(
+            to_array(x), (to_array(lam0), to_array(lam1)), to_array(x_dot.contiguous()),
+            (to_array(lam0_dot), to_array(lam1_dot)), tuple(axes), n_iter=to_array(n_iter),
+            method=method,
+        )  # fmt: skip
+    return from_array(y_dot)
+
+
+@_prox_tv2d_jvp.register_fake
+def _(x, lam0, lam1, x_dot, lam0_dot, lam1_dot, axes, n_iter, method):
+    return torch.empty_like(x)
+
+
+@_prox_tv2d_jvp.register_vmap
+def _(info, in_dims, x, lam0, lam1, x_dot, lam0_dot, lam1_dot, axes, n_iter, method):
+    size, ndim = info.batch_size, len(unbatched_shape(x, in_dims[0]))
+    tensors = (x, lam0, lam1, x_dot, lam0_dot, lam1_dot)
+    batched = [batch_first(t, d, size, ndim) for t, d in zip(tensors, in_dims[:6], strict=True)]
+    n_iter = batch_first(n_iter, in_dims[7], size, ndim - 2)
+    axes = [a % ndim + 1 for a in axes]
+    return _prox_tv2d_jvp(*batched, axes, n_iter, method), 0
+
+
+def _vjp(g, x, lam0, lam1, axes, n_iter, method):
+    op = torch.ops.cupytv.prox_tv2d_vjp.default
+    return apply(_ProxTV2dVJP, op, g, x, lam0, lam1, axes, n_iter, method)
+
+
+def _jvp(x, lam0, lam1, x_dot, lam0_dot, lam1_dot, axes, n_iter, method):
+    """The Jacobian (of the iterations run) applied to a tangent; None tangents are zero."""
+    x_dot = torch.zeros_like(x) if x_dot is None else x_dot
+    lam0_dot = torch.zeros_like(lam0) if lam0_dot is None else lam0_dot
+    lam1_dot = torch.zeros_like(lam1) if lam1_dot is None else lam1_dot
+    op = torch.ops.cupytv.prox_tv2d_jvp.default
+    return apply(_ProxTV2dJVP, op, x, lam0, lam1, x_dot, lam0_dot, lam1_dot, axes, n_iter, method)
+
+
 def _setup_context(ctx, inputs, output):
     x, lam0, lam1, axes, _, _, method = inputs
     ctx.save_for_backward(x, lam0, lam1, output[1])
+    ctx.save_for_forward(x, lam0, lam1, output[1])
     ctx.mark_non_differentiable(output[1])
     ctx.axes, ctx.method = axes, method
 
 
 def _backward(ctx, grad_y, _grad_n_iter):
     x, lam0, lam1, n_iter = ctx.saved_tensors
-    gx, g0, g1 = apply(_ProxTV2dVJP, torch.ops.cupytv.prox_tv2d_vjp.default, grad_y, x, lam0,
-                       lam1, ctx.axes, n_iter, ctx.method)  # fmt: skip
+    gx, g0, g1 = _vjp(grad_y, x, lam0, lam1, ctx.axes, n_iter, ctx.method)
     need = ctx.needs_input_grad
     return gx, (g0 if need[1] else None), (g1 if need[2] else None), None, None, None, None
 
 
-def _jvp(ctx, *tangents):
-    no_forward_mode("cupytv.torch.prox_tv2d")
+def _forward_mode(ctx, x_dot, lam0_dot, lam1_dot, *_):
+    x, lam0, lam1, n_iter = ctx.saved_tensors
+    return _jvp(x, lam0, lam1, x_dot, lam0_dot, lam1_dot, ctx.axes, n_iter, ctx.method), None
 
 
 def _vjp_setup_context(ctx, inputs, output):
-    pass  # nothing to save: the VJP's derivative is refused
+    _, x, lam0, lam1, axes, n_iter, method = inputs
+    ctx.save_for_backward(x, lam0, lam1, n_iter)
+    ctx.save_for_forward(x, lam0, lam1, n_iter)
+    ctx.axes, ctx.method = axes, method
 
 
-def _vjp_backward(ctx, *grads):
-    no_double_backward("cupytv.torch.prox_tv2d")
+def _vjp_backward(ctx, grad_gx, grad_g0, grad_g1):
+    # For the iterations run the map is affine: the VJP is linear in g and constant in x and lam
+    # (zero derivative almost everywhere), and its own VJP is the JVP.
+    x, lam0, lam1, n_iter = ctx.saved_tensors
+    grad_g = _jvp(x, lam0, lam1, grad_gx, grad_g0, grad_g1, ctx.axes, n_iter, ctx.method)
+    return grad_g, None, None, None, None, None, None
+
+
+def _vjp_forward_mode(ctx, g_dot, *_):
+    x, lam0, lam1, n_iter = ctx.saved_tensors
+    if g_dot is None:
+        return torch.zeros_like(x), torch.zeros_like(lam0), torch.zeros_like(lam1)
+    return _vjp(g_dot, x, lam0, lam1, ctx.axes, n_iter, ctx.method)
+
+
+def _jvp_setup_context(ctx, inputs, output):
+    x, lam0, lam1, _, _, _, axes, n_iter, method = inputs
+    ctx.save_for_backward(x, lam0, lam1, n_iter)
+    ctx.save_for_forward(x, lam0, lam1, n_iter)
+    ctx.axes, ctx.method = axes, method
+
+
+def _jvp_backward(ctx, grad):
+    # Linear in the tangents, constant in x and lam: the VJP, for the tangents only.
+    x, lam0, lam1, n_iter = ctx.saved_tensors
+    gx, g0, g1 = _vjp(grad, x, lam0, lam1, ctx.axes, n_iter, ctx.method)
+    return None, None, None, gx, g0, g1, None, None, None
+
+
+def _jvp_forward_mode(ctx, _x, _lam0, _lam1, x_dot, lam0_dot, lam1_dot, *_):
+    x, lam0, lam1, n_iter = ctx.saved_tensors
+    return _jvp(x, lam0, lam1, x_dot, lam0_dot, lam1_dot, ctx.axes, n_iter, ctx.method)
 
 
 _prox_tv2d.register_autograd(_backward, setup_context=_setup_context)
 _prox_tv2d_vjp.register_autograd(_vjp_backward, setup_context=_vjp_setup_context)
+_prox_tv2d_jvp.register_autograd(_jvp_backward, setup_context=_jvp_setup_context)
 
 
 class _ProxTV2d(torch.autograd.Function):
-    """``cupytv::prox_tv2d`` with torch.func support and a clear forward-mode error (see
-    ``_bridge.apply``)."""
+    """``cupytv::prox_tv2d`` with forward mode and torch.func support (see ``_bridge.apply``)."""
 
     generate_vmap_rule = True  # the ops' registered vmap rules do the batching
 
     @staticmethod
     def forward(x, lam0, lam1, axes, max_iter, tol, method):
-        return torch.ops.cupytv.prox_tv2d.default(x, lam0, lam1, axes, max_iter, tol, method)
+        op = torch.ops.cupytv.prox_tv2d.default
+        return op(x, lam0, lam1, list(axes), max_iter, tol, method)
 
     setup_context = staticmethod(_setup_context)
     backward = staticmethod(_backward)
-    jvp = staticmethod(_jvp)
+    jvp = staticmethod(_forward_mode)
 
 
 class _ProxTV2dVJP(torch.autograd.Function):
-    """``cupytv::prox_tv2d_vjp``, whose derivative raises a clear error."""
+    """``cupytv::prox_tv2d_vjp``, differentiable (double backward, forward over reverse)."""
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(g, x, lam0, lam1, axes, n_iter, method):
-        return torch.ops.cupytv.prox_tv2d_vjp.default(g, x, lam0, lam1, axes, n_iter, method)
+        op = torch.ops.cupytv.prox_tv2d_vjp.default
+        return op(g, x, lam0, lam1, list(axes), n_iter, method)
 
     setup_context = staticmethod(_vjp_setup_context)
     backward = staticmethod(_vjp_backward)
-    jvp = staticmethod(_vjp_backward)
+    jvp = staticmethod(_vjp_forward_mode)
+
+
+class _ProxTV2dJVP(torch.autograd.Function):
+    """``cupytv::prox_tv2d_jvp``, differentiable (reverse over forward, forward over forward)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, lam0, lam1, x_dot, lam0_dot, lam1_dot, axes, n_iter, method):
+        op = torch.ops.cupytv.prox_tv2d_jvp.default
+        return op(x, lam0, lam1, x_dot, lam0_dot, lam1_dot, list(axes), n_iter, method)
+
+    setup_context = staticmethod(_jvp_setup_context)
+    backward = staticmethod(_jvp_backward)
+    jvp = staticmethod(_jvp_forward_mode)
 
 
 def prox_tv2d(
