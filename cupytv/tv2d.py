@@ -292,8 +292,9 @@ def prox_tv2d_jvp(
         counts = problem.n_iter
     else:
         counts = problem.counts_from(n_iter)
+    names = ("lam_dot[0]", "lam_dot[1]") if is_pair else ("lam_dot", "lam_dot")
     tangents = [
-        _slice_values(problem, v, f"lam_dot{k}") for k, v in enumerate((lam0_dot, lam1_dot))
+        _slice_values(problem, v, name) for v, name in zip((lam0_dot, lam1_dot), names, strict=True)
     ]
     return problem.restore(_tangent(problem, problem.flat(x_dot), *tangents, counts))
 
