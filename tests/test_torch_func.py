@@ -296,3 +296,20 @@ def test_tv2d_and_nd_vmap_matches_a_loop(device, name):
         torch.testing.assert_close(per_sample[1][i], b.grad, rtol=0, atol=0)
         _, expected = torch.func.jvp(lambda c: op(c, lam), (x[i],), (tx[i],))
         torch.testing.assert_close(tangents[i], expected, rtol=0, atol=0)
+
+
+def test_jvp_ops_pass_opcheck(device):
+    # Schema, fake (meta) implementation, autograd registration and AOT dispatch of the new ops.
+    x = torch.randn(2, 4, 5, dtype=F64, device=device)
+    lam, lam_dot = (torch.tensor(v, dtype=F64, device=device) for v in (0.3, 0.5))
+    _, n_iter = prox_tv2d(x, lam, return_n_iter=True, **FIXED)
+    torch.library.opcheck(
+        torch.ops.cupytv.prox_tv2d_jvp.default,
+        (x, lam, lam, torch.randn_like(x), lam_dot, lam_dot, [-2, -1], n_iter, "auto"),
+    )
+    v = torch.randn(2, 3, 4, 5, dtype=F64, device=device)
+    n_iter = torch.full((2,), FIXED["max_iter"], dtype=torch.int32, device=device)
+    torch.library.opcheck(
+        torch.ops.cupytv.prox_tvnd_jvp.default,
+        (v, [lam] * 3, torch.randn_like(v), [lam_dot] * 3, [1, 2, 3], n_iter),
+    )

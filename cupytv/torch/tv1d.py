@@ -1,8 +1,10 @@
 r"""1D TV prox as a differentiable PyTorch op and ``nn.Module`` (TV-Smooth / TV-Sharp).
 
 The op is registered with ``torch.library.custom_op`` (forward and backward both, each with a
-fake implementation), so ``torch.compile(fullgraph=True)`` traces through it; the backward is
-cupytv's O(n) VJP from the forward's output.
+fake implementation and a vmap rule), so ``torch.compile(fullgraph=True)`` traces through it; the
+backward is cupytv's O(n) VJP from the forward's output. In eager mode the op runs through an
+``autograd.Function`` twin that adds forward mode and torch.func support (``_bridge.apply``): the
+JVP and the VJP's own derivative are the same VJP kernel applied to another vector.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@ r"""2D TV prox as a differentiable PyTorch op and ``nn.Module`` (TV-Smooth / TV-
 
 Forward: :func:`cupytv.prox_tv2d`; it also returns each slice's iteration count, which the
 backward (:func:`cupytv.prox_tv2d_vjp`) replays, so autograd keeps only x, lam and the counts.
-Both are ``torch.library`` custom ops with fake implementations (``torch.compile`` traces them).
+Both are ``torch.library`` custom ops with fake implementations (``torch.compile`` traces them)
+and vmap rules; so is the forward mode (:func:`cupytv.prox_tv2d_jvp`), which the eager
+``autograd.Function`` twins (``_bridge.apply``) use for JVPs and double backward.
 Host synchronisation: lam is read on the host to validate it (a few bytes per call), and the
 backward reads the largest iteration count to size its record.
 """

@@ -2,7 +2,8 @@ r"""TV prox over any number of axes as a differentiable PyTorch op (see :func:`c
 
 One axis is :func:`cupytv.torch.prox_tv1d`, two :func:`cupytv.torch.prox_tv2d`; three or more
 (volumes, video) run parallel proximal Dykstra through the ``cupytv::prox_tvnd`` custom op, whose
-backward replays the iterations each volume ran (:func:`cupytv.prox_tv_vjp`).
+backward replays the iterations each volume ran (:func:`cupytv.prox_tv_vjp`) and whose forward
+mode (:func:`cupytv.prox_tv_jvp`) serves JVPs and double backward, as in 2D.
 """
 
 from __future__ import annotations
