@@ -75,10 +75,10 @@ def _(info, in_dims, g, y, lam, axis):
     return (gx, gl.reshape(info.batch_size, *lam_shape)), (0, 0)
 
 
-def _turns(y: Tensor, axis: int) -> Tensor:
-    r"""``-D^T sign(D y)``: per sample, the sign of the jump out of it minus that of the jump into
-    it (0 at the fiber's ends and inside segments, whose values are bit-identical). Averaged over
-    each segment it is ``dy/dlam`` (``(s_out - s_in) / |S|``)."""
+def _jump_turns(y: Tensor, axis: int) -> Tensor:
+    """:func:`cupytv.tv1d.jump_turns` on a tensor (differentiable code, y's device): per sample,
+    the sign of the step out of it minus that of the step into it; its mean over a segment is
+    ``dy/dlam`` there."""
     steps = torch.sign(torch.diff(y, dim=axis))
     edge = torch.zeros_like(steps.narrow(axis, 0, 1))
     return torch.cat([steps, edge], axis) - torch.cat([edge, steps], axis)
@@ -92,8 +92,8 @@ def _jacobian_apply(y, lam, axis, tx, tlam):
     VJP kernel call; fibers with lam == 0 are the identity there, which is the same formula."""
     g = torch.zeros_like(y) if tx is None else tx
     if tlam is not None:
-        g = g + tlam * _turns(y, axis)
-    return _vjp(g.expand_as(y), y, lam, axis)[0]
+        g = g + tlam * _jump_turns(y, axis)
+    return _vjp(g, y, lam, axis)[0]
 
 
 def _vjp(g, y, lam, axis):
