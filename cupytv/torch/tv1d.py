@@ -113,7 +113,7 @@ def _backward(ctx, grad):
     return gx, (gl if ctx.needs_input_grad[1] else None), None, None
 
 
-def _jvp(ctx, tx, tlam, _axis, _method):
+def _forward_mode(ctx, tx, tlam, _axis, _method):
     y, lam = ctx.saved_tensors
     return _jacobian_apply(y, lam, ctx.axis, tx, tlam)
 
@@ -132,7 +132,7 @@ def _vjp_backward(ctx, grad_gx, grad_gl):
     return _jacobian_apply(y, lam, ctx.axis, grad_gx, grad_gl), None, None, None
 
 
-def _vjp_jvp(ctx, tg, _ty, _tlam, _axis):
+def _vjp_forward_mode(ctx, tg, _ty, _tlam, _axis):
     y, lam = ctx.saved_tensors
     if tg is None:
         return torch.zeros_like(y), torch.zeros_like(lam)
@@ -154,7 +154,7 @@ class _ProxTV1d(torch.autograd.Function):
 
     setup_context = staticmethod(_setup_context)
     backward = staticmethod(_backward)
-    jvp = staticmethod(_jvp)
+    jvp = staticmethod(_forward_mode)
 
 
 class _ProxTV1dVJP(torch.autograd.Function):
@@ -168,7 +168,7 @@ class _ProxTV1dVJP(torch.autograd.Function):
 
     setup_context = staticmethod(_vjp_setup_context)
     backward = staticmethod(_vjp_backward)
-    jvp = staticmethod(_vjp_jvp)
+    jvp = staticmethod(_vjp_forward_mode)
 
 
 def prox_tv1d(x: Tensor, lam, axis: int = -1, *, method: str = "auto") -> Tensor:
