@@ -54,6 +54,14 @@
 // forward and backward except X (and n_iter); the backward's workspace is 3 (4 with momentum)
 // arrays of X's size plus n_iter * 4 bits per sample.
 //
+// Forward mode (tv2d_rows_jvp, tv2d_cols_jvp; multi-launch only, after the same recording
+// replay): the tangent of the same map, iterations ascending, with Xd, lam0d, lam1d the tangents
+// of X and the weights and Ubd = Ud = 0, Zd = Xd before the first iteration:
+//   rows:    Wd = Ubd + A(Xd - Ubd)    (A: mean over each recorded segment, + lam1d (s_out - s_in)
+//                                       / |S| on it: the 1D prox's tangent)
+//   columns: Zd = A(Wd) (with lam0d);  Und = Wd - Zd;  Ubd = Und + beta (Und - Ud);  Ud = Und
+// so the JVP is the exact transpose of the backward above (the same segments and jump signs).
+//
 // Layout: x, z (the output), g, grad_x are C-contiguous (slices, h, w). lam0[s * lam_stride] and
 // lam1[s * lam_stride] are slice s's weights (lam_stride 0 for one pair shared by all slices).
 // momentum: 0 (Dykstra) or 1 (accelerated). Bits: per iteration t and slice s,
@@ -102,6 +110,10 @@
 // instantiate: tv2d_rows_vjp<float>
 // instantiate: tv2d_rows_vjp<double>
 // instantiate: tv2d_lam_grad
+// instantiate: tv2d_rows_jvp<float>
+// instantiate: tv2d_rows_jvp<double>
+// instantiate: tv2d_cols_jvp<float>
+// instantiate: tv2d_cols_jvp<double>
 
 #include "common.cuh"
 #include "tv1d_solvers.cuh"
@@ -188,10 +200,12 @@ __device__ __forceinline__ void record_jumps(const T* y, index_t sy, index_t n, 
 
 // The 1D backward of one fiber from its recorded jumps: u := A u (the mean of u over each
 // segment), returning sum_S (s_out - s_in) mean_S(u), the lam derivative (tv1d.cu's vjp_fiber,
-// with the segments read from bits instead of from equal values).
+// with the segments read from bits instead of from equal values). With lam_dot != 0 (forward
+// mode) each segment also gets lam_dot (s_out - s_in) / |S|: u := the 1D prox's tangent.
 template <typename T>
 __device__ __forceinline__ double segment_mean(T* u, index_t su, index_t n,
-                                               const unsigned int* words, index_t ws) {
+                                               const unsigned int* words, index_t ws,
+                                               double lam_dot = 0.0) {
   double glam = 0.0;
   double s_in = 0.0;
   index_t start = 0;
@@ -208,10 +222,13 @@ __device__ __forceinline__ double segment_mean(T* u, index_t su, index_t n,
       if (code != 0u && end + 1 < n) break;
     }
     if (end == n) end = n - 1;  // the loop ran off the end: the last segment
-    const double mean = sum / static_cast<double>(end - start + 1);
-    tv1d::fill(u, su, start, end + 1, static_cast<T>(mean));
+    const double size = static_cast<double>(end - start + 1);
+    const double mean = sum / size;
     const double s_out =
         end + 1 < n ? (code == TV2D_JUMP_UP ? 1.0 : (code == TV2D_JUMP_DOWN ? -1.0 : 0.0)) : 0.0;
+    // lam_dot == 0 keeps the backward's values bit for bit (no added signed zero).
+    const double value = lam_dot == 0.0 ? mean : mean + lam_dot * (s_out - s_in) / size;
+    tv1d::fill(u, su, start, end + 1, static_cast<T>(value));
     glam += (s_out - s_in) * mean;
     s_in = s_out;
     start = end + 1;
@@ -789,4 +806,49 @@ __global__ void __launch_bounds__(TV2D_BLOCK)
   for (cupytv::index_t r = 0; r < h; ++r) sum1 += row_glam[s * h + r];
   grad_lam[s] = sum0;
   grad_lam[slices + s] = sum1;
+}
+
+// Forward mode, row half of iteration t for row r (see the header): Wd = Ubd + A(Xd - Ubd).
+template <typename T>
+__global__ void __launch_bounds__(TV2D_BLOCK)
+    tv2d_rows_jvp(const T* __restrict__ xd, const T* __restrict__ ubd, T* __restrict__ wd,
+                  const T* __restrict__ lam1d, cupytv::index_t slices, cupytv::index_t h,
+                  cupytv::index_t w, const int* __restrict__ n_iter, int t,
+                  const unsigned int* __restrict__ bits) {
+  using cupytv::index_t;
+  index_t s, r;
+  if (!tv2d::fiber_of(slices, h, &s, &r) || !tv2d::runs(n_iter, 1, t, s)) return;
+  const index_t row = s * h * w + r * w;
+  for (index_t k = 0; k < w; ++k) wd[row + k] = xd[row + k] - ubd[row + k];
+  tv2d::segment_mean(wd + row, 1, w, tv2d::row_words(bits, t, s, slices, h, w, r), h,
+                     static_cast<double>(lam1d[s]));
+  for (index_t k = 0; k < w; ++k) wd[row + k] += ubd[row + k];
+}
+
+// Forward mode, column half of iteration t for column c: Zd = A(Wd), Und = Wd - Zd, and the
+// momentum step on the tangents (Ud is a placeholder without momentum).
+template <typename T>
+__global__ void __launch_bounds__(TV2D_BLOCK)
+    tv2d_cols_jvp(T* __restrict__ ubd, T* __restrict__ ud, const T* __restrict__ wd,
+                  T* __restrict__ zd, const T* __restrict__ lam0d, cupytv::index_t slices,
+                  cupytv::index_t h, cupytv::index_t w, int momentum,
+                  const int* __restrict__ n_iter, int t, const unsigned int* __restrict__ bits) {
+  using cupytv::index_t;
+  index_t s, c;
+  if (!tv2d::fiber_of(slices, w, &s, &c) || !tv2d::runs(n_iter, 1, t, s)) return;
+  const index_t col = s * h * w + c;
+  for (index_t k = 0; k < h; ++k) zd[col + k * w] = wd[col + k * w];
+  tv2d::segment_mean(zd + col, w, h, tv2d::col_words(bits, t, s, slices, h, w, c), w,
+                     static_cast<double>(lam0d[s]));
+  const T b = static_cast<T>(tv2d::momentum_of(momentum, t));
+  for (index_t k = 0; k < h; ++k) {
+    const index_t e = col + k * w;
+    const T un = wd[e] - zd[e];
+    if (momentum) {
+      ubd[e] = un + b * (un - ud[e]);
+      ud[e] = un;
+    } else {
+      ubd[e] = un;
+    }
+  }
 }

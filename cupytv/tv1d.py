@@ -248,14 +248,27 @@ def _identity_vjp(g, y, grad_x, grad_fiber, lam_b, view, xp):
     """
     outer, _, inner = view
     gv, yv = g.reshape(view), y.reshape(view)
-    steps = xp.sign(xp.diff(yv, axis=1))
-    edge = xp.zeros((outer, 1, inner), dtype=steps.dtype)
-    turn = xp.concatenate([steps, edge], axis=1) - xp.concatenate([edge, steps], axis=1)
+    turn = jump_turns(yv, 1, xp)
     zero = xp.asarray(np.ascontiguousarray(lam_b == 0).reshape(outer, 1, inner))
     zero &= xp.isfinite(yv).all(axis=1, keepdims=True)
     grad_x = xp.where(zero, gv, grad_x.reshape(view)).reshape(grad_x.shape)
     grad_fiber = xp.where(zero.reshape(-1), (turn * gv).sum(axis=1).reshape(-1), grad_fiber)
     return grad_x, grad_fiber
+
+
+def jump_turns(y, axis: int, xp):
+    r"""Per sample of each fiber of ``y``, the sign of the step out of it minus that of the step
+    into it (0 past the fiber's ends): :math:`-D^\top \operatorname{sign}(D y)`.
+
+    Summed over a constant segment S of a prox output it is :math:`s_{out} - s_{in}`, whatever
+    the signs of rounding-sized steps inside S (they telescope), so its mean over S is
+    :math:`\partial y_S / \partial \lambda`: the weight's part of the prox's derivative.
+    """
+    steps = xp.sign(xp.diff(y, axis=axis))
+    edge_shape = list(steps.shape)
+    edge_shape[axis] = 1
+    edge = xp.zeros(tuple(edge_shape), dtype=steps.dtype)
+    return xp.concatenate([steps, edge], axis=axis) - xp.concatenate([edge, steps], axis=axis)
 
 
 def _launch_forward(kernel: str, xc, y, lam_b, view, staged: bool) -> None:

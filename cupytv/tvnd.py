@@ -32,8 +32,22 @@ from cupytv._validation import (
     unbroadcast,
     vjp_arguments,
 )
-from cupytv.tv1d import _array_module, _check_out, _compute_dtype, prox_tv1d, prox_tv1d_vjp
-from cupytv.tv2d import DEFAULT_MAX_ITER, DEFAULT_TOL, ProxInfo, prox_tv2d, prox_tv2d_vjp
+from cupytv.tv1d import (
+    _array_module,
+    _check_out,
+    _compute_dtype,
+    jump_turns,
+    prox_tv1d,
+    prox_tv1d_vjp,
+)
+from cupytv.tv2d import (
+    DEFAULT_MAX_ITER,
+    DEFAULT_TOL,
+    ProxInfo,
+    prox_tv2d,
+    prox_tv2d_jvp,
+    prox_tv2d_vjp,
+)
 
 _F64 = np.dtype(np.float64)
 #: The certificate scales each volume by 2^-e, e = its max|x|'s exponent clamped to this, so that
@@ -292,6 +306,140 @@ def prox_tv_vjp(
             for r, s in zip(reduced, lam_shapes, strict=True)
         )
     return grad_x, xp.asarray(unbroadcast(sum(reduced), lam_shapes[0])).astype(dtype)
+
+
+def prox_tv_jvp(
+    x,
+    lam,
+    x_dot,
+    lam_dot,
+    axes,
+    *,
+    n_iter=None,
+    max_iter: int = DEFAULT_MAX_ITER,
+    tol: float = DEFAULT_TOL,
+):
+    r"""Forward mode: the derivative of :func:`prox_tv` at ``(x, lam)`` along ``(x_dot, lam_dot)``.
+
+    The transpose of :func:`prox_tv_vjp`, for the same map (the iterations each volume ran).
+
+    * One axis: the exact 1D prox's derivative, the mean over each constant segment of
+      ``x_dot + lam_dot * t`` (t: :func:`cupytv.tv1d.jump_turns` of the output), one
+      :func:`cupytv.prox_tv1d_vjp` call (its grad_x is that mean).
+    * Two axes: :func:`cupytv.tv2d.prox_tv2d_jvp`.
+    * Three or more: the forward is re-run keeping every iteration's 1D solutions
+      :math:`p_i^k` (as :func:`prox_tv_vjp` does), then the tangent goes forward through the
+      iterations: :math:`\dot z_i^0 = \dot X`,
+      :math:`\dot p_i^k = J_{P_i}(z_i^k)\,\dot z_i^k + m \dot\lambda_i\, \partial_w P_i`,
+      :math:`\dot Y^k = \frac1m \sum_i \dot p_i^k`,
+      :math:`\dot z_i^{k+1} = \dot Y^k + \dot z_i^k - \dot p_i^k`, each volume's output
+      tangent taken at its last iteration.
+
+    Args:
+        x, lam, axes, max_iter, tol: as given to :func:`prox_tv`.
+        x_dot: the tangent of x (x's shape, dtype and kind).
+        lam_dot: the tangent of lam, shaped like lam (a tuple for per-axis weights; any sign).
+        n_iter: optional, the forward's ``info.n_iter``, as for :func:`prox_tv_vjp`.
+
+    Returns:
+        The output's tangent, x's shape and dtype (NaN on volumes without an output).
+    """
+    xp = _array_module(x, "x")
+    check_same_array_kind(x_dot, x, "x_dot", "x")
+    dtype = check_float_dtype(x.dtype)
+    check_float_dtype(x_dot.dtype, "x_dot")
+    if x_dot.shape != x.shape or x_dot.dtype != x.dtype:
+        raise ValueError(
+            f"x_dot: expected x's shape and dtype {x.shape} {x.dtype}, got {x_dot.shape} "
+            f"{x_dot.dtype}"
+        )
+    tv_axes = normalize_tv_axes(axes, x.ndim)
+    compute = _compute_dtype(dtype)
+    lams, per_axis = lam_per_axis(lam, x.shape, tv_axes, compute)
+    _check_iteration_limits(max_iter, tol)
+    m = len(tv_axes)
+    if isinstance(lam_dot, (tuple, list)) != per_axis or (per_axis and len(lam_dot) != m):
+        raise ValueError(
+            f"lam_dot: expected {'one tangent per axis' if per_axis else 'one tangent'}, like lam"
+        )
+    lam_dots = list(lam_dot) if per_axis else [lam_dot] * m
+    if m == 1:
+        y = prox_tv1d(x, lams[0], tv_axes[0])
+        tangent_in = x_dot + xp.asarray(host_array(lam_dots[0]), dtype=dtype) * jump_turns(
+            y, tv_axes[0], xp
+        )
+        return prox_tv1d_vjp(None, lams[0], tangent_in.astype(dtype), tv_axes[0], y=y)[0]
+    if m == 2:
+        pair = tuple(lam) if per_axis else lam
+        pair_dot = tuple(lam_dots) if per_axis else lam_dot
+        return prox_tv2d_jvp(x, pair, x_dot, pair_dot, tv_axes, n_iter=n_iter,
+                             max_iter=max_iter, tol=tol)  # fmt: skip
+    batch_shape = _batch_shape(x.shape, tv_axes)
+    n_target = None if n_iter is None else _check_n_iter(n_iter, batch_shape)
+    if x.size == 0:
+        return xp.zeros_like(x)
+    reduced = lams[0].shape
+    try:
+        lam_dot_v = [
+            _lam_to_volumes(np.broadcast_to(host_array(ld).astype(_F64), reduced), tv_axes)
+            for ld in lam_dots
+        ]
+    except ValueError:
+        raise ValueError(
+            f"lam_dot: expected tangents broadcastable to {reduced} (lam's), got shapes "
+            f"{[np.shape(ld) for ld in lam_dots]}"
+        ) from None
+    xv = _to_volumes(x, tv_axes, compute, xp)
+    xdv = _to_volumes(x_dot, tv_axes, compute, xp)
+    lam_v = [_lam_to_volumes(lam_i, tv_axes) for lam_i in lams]
+    run = _dykstra(xv, lam_v, max_iter=max_iter, tol=tol, n_target=n_target, keep_history=True)
+    scale = xp.where(xp.isfinite(xv), xp.abs(xv), 0).max(axis=tuple(range(1, m + 1)))
+    scale = xp.where(scale > 0, scale, 1).reshape((-1,) + (1,) * m)
+    out = _dykstra_tangent(xdv, lam_v, lam_dot_v, run, scale)
+    no_output = xp.asarray(run.n_iter == 0).reshape((-1,) + (1,) * m)
+    out = xp.where(no_output, xp.nan, out)
+    return xp.ascontiguousarray(_from_volumes(out, x.shape, tv_axes, xp).astype(dtype))
+
+
+def _dykstra_tangent(xdv, lam_v, lam_dot_v, run: _DykstraRun, scale):
+    """The tangent recursion of :func:`prox_tv_jvp`: the output's tangent (B, *vol).
+
+    The 1D derivative is ``prox_tv1d_vjp``'s grad_x (the segment mean, symmetric) applied to
+    ``z_dot + w_dot * jump_turns(p)``, with the segments found as :func:`_dykstra_backward` finds
+    them (p divided by the volume's scale, FUSE_RTOL), so the JVP is the VJP's transpose.
+    """
+    xp = _array_module(xdv, "x_dot")
+    fuse_atol = FUSE_RTOL[np.dtype(xdv.dtype)]
+    m = len(lam_v)
+    n_vol = xdv.shape[0]
+    z_dot = [xdv.copy() for _ in range(m)]
+    out = xp.zeros_like(xdv)
+    for k, (active, p) in enumerate(run.history):
+        full = active.size == n_vol
+        idx = None if full else xp.asarray(active)
+        zk = z_dot if full else [z_i[idx] for z_i in z_dot]
+        p_dot = []
+        for i in range(m):
+            unit = p[i] / (scale if full else scale[idx])
+            w_dot = xp.asarray(m * lam_dot_v[i][active], dtype=xdv.dtype)
+            tangent_in = (zk[i] + w_dot * jump_turns(unit, 1 + i, xp)).astype(xdv.dtype)
+            p_dot.append(
+                prox_tv1d_vjp(
+                    None, m * lam_v[i][active], tangent_in, axis=1 + i, y=unit, fuse_atol=fuse_atol
+                )[0]
+            )
+        # As the forward: the average in float64, the iterates in the compute dtype.
+        y_dot = sum(pd.astype(_F64) for pd in p_dot) / m
+        ends = np.flatnonzero(run.n_iter[active] == k + 1)
+        if ends.size:
+            out[xp.asarray(active[ends])] = y_dot[xp.asarray(ends)].astype(xdv.dtype)
+        for i in range(m):
+            z_next = (y_dot + zk[i] - p_dot[i]).astype(xdv.dtype)
+            if full:
+                z_dot[i] = z_next
+            else:
+                z_dot[i][idx] = z_next
+    return out
 
 
 @dataclasses.dataclass

@@ -58,6 +58,46 @@ def on_stream(t: torch.Tensor):
         yield
 
 
+def apply(function: type[torch.autograd.Function], op, *args):
+    """Run ``op`` through ``function``, its ``torch.autograd.Function`` twin, in eager mode.
+
+    The Function adds what ``custom_op`` + ``register_autograd`` lack: a forward-mode rule
+    (``jvp``, without which forward AD sees no derivative and returns a zero tangent) and the
+    ``setup_context`` / vmap support torch.func needs. Dynamo refuses a Function with a custom
+    ``jvp`` (a graph break), so under ``torch.compile`` the op is called as is: its registered
+    autograd (the same backward) is what AOT autograd traces.
+    """
+    if torch.compiler.is_compiling():
+        return op(*args)
+    return function.apply(*(Leaf(a) if isinstance(a, list) else a for a in args))
+
+
+class Leaf(tuple):
+    """A list argument (axes) handed to an autograd.Function as one pytree leaf.
+
+    torch.func flattens a Function's arguments as pytrees: a list of axes became one leaf per
+    axis, and then the tangents were miscounted (jacfwd over jacrev of prox_tv2d failed in
+    get_tangents_in_dims). A subclass of tuple is no registered pytree node; the Functions hand
+    ``list(leaf)`` to the ops.
+    """
+
+
+def batch_first(t: torch.Tensor, in_dim: int | None, batch_size: int, ndim: int) -> torch.Tensor:
+    """For a vmap rule: ``t`` with its vmapped dimension first (expanded to ``batch_size`` when
+    ``t`` is not vmapped) and then ``ndim`` dimensions, leading ones added, so that it broadcasts
+    against the other arguments exactly as the unbatched ones did."""
+    t = t.expand(batch_size, *t.shape) if in_dim is None else t.movedim(in_dim, 0)
+    return t.reshape(batch_size, *([1] * (ndim + 1 - t.dim())), *t.shape[1:])
+
+
+def unbatched_shape(t: torch.Tensor, in_dim: int | None) -> tuple[int, ...]:
+    """The shape the function under vmap sees for ``t``."""
+    shape = list(t.shape)
+    if in_dim is not None:
+        del shape[in_dim]
+    return tuple(shape)
+
+
 def check_input(x, name: str = "x") -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__module__}."

@@ -2,7 +2,9 @@ r"""2D TV prox as a differentiable PyTorch op and ``nn.Module`` (TV-Smooth / TV-
 
 Forward: :func:`cupytv.prox_tv2d`; it also returns each slice's iteration count, which the
 backward (:func:`cupytv.prox_tv2d_vjp`) replays, so autograd keeps only x, lam and the counts.
-Both are ``torch.library`` custom ops with fake implementations (``torch.compile`` traces them).
+Both are ``torch.library`` custom ops with fake implementations (``torch.compile`` traces them)
+and vmap rules; so is the forward mode (:func:`cupytv.prox_tv2d_jvp`), which the eager
+``autograd.Function`` twins (``_bridge.apply``) use for JVPs and double backward.
 Host synchronisation: lam is read on the host to validate it (a few bytes per call), and the
 backward reads the largest iteration count to size its record.
 """
@@ -17,15 +19,18 @@ from torch import Tensor
 import cupytv
 from cupytv._validation import check_max_iter, check_tol, normalize_axes
 from cupytv.torch._bridge import (
+    apply,
+    batch_first,
     check_input,
     compute_dtype,
     from_array,
     lam_tensor,
     on_stream,
     to_array,
+    unbatched_shape,
 )
 from cupytv.torch._modules import TVLayer
-from cupytv.tv2d import DEFAULT_MAX_ITER, DEFAULT_TOL, momentum_flag
+from cupytv.tv2d import DEFAULT_MAX_ITER, DEFAULT_TOL, momentum_flag, prox_tv2d_jvp
 
 
 def _batch_shape(x: Tensor, axes: list[int]) -> list[int]:
@@ -53,6 +58,16 @@ def _(x, lam0, lam1, axes, max_iter, tol, method):
     return torch.empty_like(x), x.new_empty(_batch_shape(x, axes), dtype=torch.int32)
 
 
+@_prox_tv2d.register_vmap
+def _(info, in_dims, x, lam0, lam1, axes, max_iter, tol, method):
+    # Every slice is independent: the vmapped dimension becomes one more batch dimension.
+    ndim = len(unbatched_shape(x, in_dims[0]))
+    x, lam0, lam1 = (batch_first(t, d, info.batch_size, ndim)
+                     for t, d in zip((x, lam0, lam1), in_dims[:3], strict=True))  # fmt: skip
+    axes = [a % ndim + 1 for a in axes]
+    return _prox_tv2d(x, lam0, lam1, axes, max_iter, tol, method), (0, 0)
+
+
 @torch.library.custom_op("cupytv::prox_tv2d_vjp", mutates_args=())
 def _prox_tv2d_vjp(
     g: Tensor, x: Tensor, lam0: Tensor, lam1: Tensor, axes: list[int], n_iter: Tensor, method: str
@@ -74,21 +89,178 @@ def _(g, x, lam0, lam1, axes, n_iter, method):
     return torch.empty_like(x), torch.empty_like(lam0), torch.empty_like(lam1)
 
 
+@_prox_tv2d_vjp.register_vmap
+def _(info, in_dims, g, x, lam0, lam1, axes, n_iter, method):
+    # Everything is expanded to the batch: each batch element's grad_lam is its own.
+    size, ndim = info.batch_size, len(unbatched_shape(x, in_dims[1]))
+    lam_shapes = [unbatched_shape(t, d) for t, d in zip((lam0, lam1), in_dims[2:4], strict=True)]
+    g, x, lam0, lam1 = (batch_first(t, d, size, ndim)
+                        for t, d in zip((g, x, lam0, lam1), in_dims[:4], strict=True))  # fmt: skip
+    n_iter = batch_first(n_iter, in_dims[5], size, ndim - 2)
+    gx, g0, g1 = _prox_tv2d_vjp(g, x, lam0, lam1, [a % ndim + 1 for a in axes], n_iter, method)
+    g0, g1 = (gl.reshape(size, *shape) for gl, shape in zip((g0, g1), lam_shapes, strict=True))
+    return (gx, g0, g1), (0, 0, 0)
+
+
+@torch.library.custom_op("cupytv::prox_tv2d_jvp", mutates_args=())
+def _prox_tv2d_jvp(
+    x: Tensor,
+    lam0: Tensor,
+    lam1: Tensor,
+    x_dot: Tensor,
+    lam0_dot: Tensor,
+    lam1_dot: Tensor,
+    axes: list[int],
+    n_iter: Tensor,
+    method: str,
+) -> Tensor:
+    with on_stream(x):
+        y_dot = prox_tv2d_jvp(
+            to_array(x), (to_array(lam0), to_array(lam1)), to_array(x_dot.contiguous()),
+            (to_array(lam0_dot), to_array(lam1_dot)), tuple(axes), n_iter=to_array(n_iter),
+            method=method,
+        )  # fmt: skip
+    return from_array(y_dot)
+
+
+@_prox_tv2d_jvp.register_fake
+def _(x, lam0, lam1, x_dot, lam0_dot, lam1_dot, axes, n_iter, method):
+    return torch.empty_like(x)
+
+
+@_prox_tv2d_jvp.register_vmap
+def _(info, in_dims, x, lam0, lam1, x_dot, lam0_dot, lam1_dot, axes, n_iter, method):
+    size, ndim = info.batch_size, len(unbatched_shape(x, in_dims[0]))
+    tensors = (x, lam0, lam1, x_dot, lam0_dot, lam1_dot)
+    batched = [batch_first(t, d, size, ndim) for t, d in zip(tensors, in_dims[:6], strict=True)]
+    n_iter = batch_first(n_iter, in_dims[7], size, ndim - 2)
+    axes = [a % ndim + 1 for a in axes]
+    return _prox_tv2d_jvp(*batched, axes, n_iter, method), 0
+
+
+def _vjp(g, x, lam0, lam1, axes, n_iter, method):
+    op = torch.ops.cupytv.prox_tv2d_vjp.default
+    return apply(_ProxTV2dVJP, op, g, x, lam0, lam1, axes, n_iter, method)
+
+
+def _jvp(x, lam0, lam1, x_dot, lam0_dot, lam1_dot, axes, n_iter, method):
+    """The Jacobian (of the iterations run) applied to a tangent; None tangents are zero."""
+    x_dot = torch.zeros_like(x) if x_dot is None else x_dot
+    lam0_dot = torch.zeros_like(lam0) if lam0_dot is None else lam0_dot
+    lam1_dot = torch.zeros_like(lam1) if lam1_dot is None else lam1_dot
+    op = torch.ops.cupytv.prox_tv2d_jvp.default
+    return apply(_ProxTV2dJVP, op, x, lam0, lam1, x_dot, lam0_dot, lam1_dot, axes, n_iter, method)
+
+
 def _setup_context(ctx, inputs, output):
     x, lam0, lam1, axes, _, _, method = inputs
     ctx.save_for_backward(x, lam0, lam1, output[1])
+    ctx.save_for_forward(x, lam0, lam1, output[1])
     ctx.mark_non_differentiable(output[1])
     ctx.axes, ctx.method = axes, method
 
 
 def _backward(ctx, grad_y, _grad_n_iter):
     x, lam0, lam1, n_iter = ctx.saved_tensors
-    gx, g0, g1 = torch.ops.cupytv.prox_tv2d_vjp(grad_y, x, lam0, lam1, ctx.axes, n_iter, ctx.method)
+    gx, g0, g1 = _vjp(grad_y, x, lam0, lam1, ctx.axes, n_iter, ctx.method)
     need = ctx.needs_input_grad
     return gx, (g0 if need[1] else None), (g1 if need[2] else None), None, None, None, None
 
 
+def _forward_mode(ctx, x_dot, lam0_dot, lam1_dot, *_):
+    x, lam0, lam1, n_iter = ctx.saved_tensors
+    return _jvp(x, lam0, lam1, x_dot, lam0_dot, lam1_dot, ctx.axes, n_iter, ctx.method), None
+
+
+def _vjp_setup_context(ctx, inputs, output):
+    _, x, lam0, lam1, axes, n_iter, method = inputs
+    ctx.save_for_backward(x, lam0, lam1, n_iter)
+    ctx.save_for_forward(x, lam0, lam1, n_iter)
+    ctx.axes, ctx.method = axes, method
+
+
+def _vjp_backward(ctx, grad_gx, grad_g0, grad_g1):
+    # For the iterations run the map is affine: the VJP is linear in g and constant in x and lam
+    # (zero derivative almost everywhere), and its own VJP is the JVP.
+    x, lam0, lam1, n_iter = ctx.saved_tensors
+    grad_g = _jvp(x, lam0, lam1, grad_gx, grad_g0, grad_g1, ctx.axes, n_iter, ctx.method)
+    return grad_g, None, None, None, None, None, None
+
+
+def _vjp_forward_mode(ctx, g_dot, *_):
+    x, lam0, lam1, n_iter = ctx.saved_tensors
+    if g_dot is None:
+        return torch.zeros_like(x), torch.zeros_like(lam0), torch.zeros_like(lam1)
+    return _vjp(g_dot, x, lam0, lam1, ctx.axes, n_iter, ctx.method)
+
+
+def _jvp_setup_context(ctx, inputs, output):
+    x, lam0, lam1, _, _, _, axes, n_iter, method = inputs
+    ctx.save_for_backward(x, lam0, lam1, n_iter)
+    ctx.save_for_forward(x, lam0, lam1, n_iter)
+    ctx.axes, ctx.method = axes, method
+
+
+def _jvp_backward(ctx, grad):
+    # Linear in the tangents, constant in x and lam: the VJP, for the tangents only.
+    x, lam0, lam1, n_iter = ctx.saved_tensors
+    gx, g0, g1 = _vjp(grad, x, lam0, lam1, ctx.axes, n_iter, ctx.method)
+    return None, None, None, gx, g0, g1, None, None, None
+
+
+def _jvp_forward_mode(ctx, _x, _lam0, _lam1, x_dot, lam0_dot, lam1_dot, *_):
+    x, lam0, lam1, n_iter = ctx.saved_tensors
+    return _jvp(x, lam0, lam1, x_dot, lam0_dot, lam1_dot, ctx.axes, n_iter, ctx.method)
+
+
 _prox_tv2d.register_autograd(_backward, setup_context=_setup_context)
+_prox_tv2d_vjp.register_autograd(_vjp_backward, setup_context=_vjp_setup_context)
+_prox_tv2d_jvp.register_autograd(_jvp_backward, setup_context=_jvp_setup_context)
+
+
+class _ProxTV2d(torch.autograd.Function):
+    """``cupytv::prox_tv2d`` with forward mode and torch.func support (see ``_bridge.apply``)."""
+
+    generate_vmap_rule = True  # the ops' registered vmap rules do the batching
+
+    @staticmethod
+    def forward(x, lam0, lam1, axes, max_iter, tol, method):
+        op = torch.ops.cupytv.prox_tv2d.default
+        return op(x, lam0, lam1, list(axes), max_iter, tol, method)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward)
+    jvp = staticmethod(_forward_mode)
+
+
+class _ProxTV2dVJP(torch.autograd.Function):
+    """``cupytv::prox_tv2d_vjp``, differentiable (double backward, forward over reverse)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(g, x, lam0, lam1, axes, n_iter, method):
+        op = torch.ops.cupytv.prox_tv2d_vjp.default
+        return op(g, x, lam0, lam1, list(axes), n_iter, method)
+
+    setup_context = staticmethod(_vjp_setup_context)
+    backward = staticmethod(_vjp_backward)
+    jvp = staticmethod(_vjp_forward_mode)
+
+
+class _ProxTV2dJVP(torch.autograd.Function):
+    """``cupytv::prox_tv2d_jvp``, differentiable (reverse over forward, forward over forward)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, lam0, lam1, x_dot, lam0_dot, lam1_dot, axes, n_iter, method):
+        op = torch.ops.cupytv.prox_tv2d_jvp.default
+        return op(x, lam0, lam1, x_dot, lam0_dot, lam1_dot, list(axes), n_iter, method)
+
+    setup_context = staticmethod(_jvp_setup_context)
+    backward = staticmethod(_jvp_backward)
+    jvp = staticmethod(_jvp_forward_mode)
 
 
 def prox_tv2d(
@@ -146,7 +318,8 @@ def prox_tv2d(
         lam0 = lam1 = lam_tensor(lam, x)
     cd = compute_dtype(x.dtype)  # .to() of a tensor already in cd is the tensor itself
     lam0, lam1 = (lam0.to(cd), lam1.to(cd)) if lam1 is not lam0 else (lam0.to(cd),) * 2
-    y, n_iter = _prox_tv2d(x.to(cd), lam0, lam1, axes_list, max_iter, tol, method)
+    y, n_iter = apply(_ProxTV2d, torch.ops.cupytv.prox_tv2d.default, x.to(cd), lam0, lam1,
+                      axes_list, max_iter, tol, method)  # fmt: skip
     y = y.to(x.dtype)
     return (y, n_iter) if return_n_iter else y
 
