@@ -71,3 +71,21 @@ def test_an_unbatched_input_is_named_as_such():
         with pytest.raises(ValueError, match=r"expected a batch \(N, C, .*unbatched input\?"):
             layer(x)
         assert layer(x.unsqueeze(0)).shape == (1, *x.shape)
+
+
+def test_eager_calls_do_not_import_the_compiler():
+    # Dispatching a custom op imports torch._dynamo on its first call (0.7-1.3 s here): eager
+    # calls run the ops' implementations directly, so a process that never compiles never pays.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from cupytv.torch import TV2d, prox_tv, prox_tv1d\n"
+        "x = torch.randn(2, 3, 8, 8, requires_grad=True)\n"
+        "(TV2d(0.1)(x).sum() + prox_tv1d(x, 0.1).sum() + prox_tv(x, 0.1, (1, 2, 3)).sum())"
+        ".backward()\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -58,6 +58,48 @@ def on_stream(t: torch.Tensor):
         yield
 
 
+#: Each op's Python implementation, by the op's name ("cupytv::prox_tv1d"), for :func:`call`.
+_IMPLEMENTATIONS: dict[str, object] = {}
+
+
+def custom_op(name: str):
+    """``torch.library.custom_op(name)`` that also keeps the implementation for :func:`call`."""
+
+    def register(fn):
+        _IMPLEMENTATIONS[name] = fn
+        return torch.library.custom_op(name, mutates_args=())(fn)
+
+    return register
+
+
+def call(op, *args):
+    """``op(*args)``, or in plain eager mode its implementation directly.
+
+    torch runs every custom op's implementation inside ``torch._dynamo``'s disable wrapper, so the
+    first dispatch imports dynamo: 0.7-1.3 s on the first call of a process that never compiles.
+    The autograd Functions' forwards (which run with autograd already handled) call this; under a
+    torch.func transform the op is dispatched, for its vmap rule and functorch's wrapping.
+    """
+    if torch._C._are_functorch_transforms_active() or not all(map(_plain, args)):
+        return op(*args)
+    return _IMPLEMENTATIONS[op.name()](*args)
+
+
+def _plain(arg) -> bool:
+    """Not a tensor, or a tensor that is its own data: no subclass (fake, functional) and no
+    batching of the legacy vmap (gradcheck's batched checks), whose rules the op dispatches."""
+    if isinstance(arg, (list, tuple)):
+        return all(map(_plain, arg))
+    if not isinstance(arg, torch.Tensor):
+        return True
+    # A legacy batched tensor has no backend key of its own (its data is the wrapped tensor's).
+    keys = torch._C._dispatch_keys(arg)
+    return type(arg) is torch.Tensor and (keys.has(_CPU) or keys.has(_CUDA))
+
+
+_CPU, _CUDA = torch._C.DispatchKey.CPU, torch._C.DispatchKey.CUDA
+
+
 def apply(function: type[torch.autograd.Function], op, *args):
     """Run ``op`` through ``function``, its ``torch.autograd.Function`` twin, in eager mode.
 

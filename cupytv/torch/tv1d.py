@@ -17,8 +17,10 @@ from cupytv._validation import normalize_axis
 from cupytv.torch._bridge import (
     apply,
     batch_first,
+    call,
     check_input,
     compute_dtype,
+    custom_op,
     from_array,
     lam_tensor,
     on_stream,
@@ -29,7 +31,7 @@ from cupytv.torch._modules import TVLayer
 from cupytv.tv1d import _kernel_name
 
 
-@torch.library.custom_op("cupytv::prox_tv1d", mutates_args=())
+@custom_op("cupytv::prox_tv1d")
 def _prox_tv1d(x: Tensor, lam: Tensor, axis: int, method: str) -> Tensor:
     with on_stream(x):
         return from_array(cupytv.prox_tv1d(to_array(x), to_array(lam), axis, method=method))
@@ -50,7 +52,7 @@ def _(info, in_dims, x, lam, axis, method):
     return _prox_tv1d(x, lam, axis % ndim + 1, method), 0
 
 
-@torch.library.custom_op("cupytv::prox_tv1d_vjp", mutates_args=())
+@custom_op("cupytv::prox_tv1d_vjp")
 def _prox_tv1d_vjp(g: Tensor, y: Tensor, lam: Tensor, axis: int) -> tuple[Tensor, Tensor]:
     with on_stream(y):
         gx, gl = cupytv.prox_tv1d_vjp(
@@ -152,7 +154,7 @@ class _ProxTV1d(torch.autograd.Function):
 
     @staticmethod
     def forward(x, lam, axis, method):
-        return torch.ops.cupytv.prox_tv1d.default(x, lam, axis, method)
+        return call(torch.ops.cupytv.prox_tv1d.default, x, lam, axis, method)
 
     setup_context = staticmethod(_setup_context)
     backward = staticmethod(_backward)
@@ -166,7 +168,7 @@ class _ProxTV1dVJP(torch.autograd.Function):
 
     @staticmethod
     def forward(g, y, lam, axis):
-        return torch.ops.cupytv.prox_tv1d_vjp.default(g, y, lam, axis)
+        return call(torch.ops.cupytv.prox_tv1d_vjp.default, g, y, lam, axis)
 
     setup_context = staticmethod(_vjp_setup_context)
     backward = staticmethod(_vjp_backward)

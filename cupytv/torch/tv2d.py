@@ -21,8 +21,10 @@ from cupytv._validation import check_max_iter, check_tol, normalize_axes
 from cupytv.torch._bridge import (
     apply,
     batch_first,
+    call,
     check_input,
     compute_dtype,
+    custom_op,
     from_array,
     lam_tensor,
     on_stream,
@@ -38,7 +40,7 @@ def _batch_shape(x: Tensor, axes: list[int]) -> list[int]:
     return [n for d, n in enumerate(x.shape) if d not in tv]
 
 
-@torch.library.custom_op("cupytv::prox_tv2d", mutates_args=())
+@custom_op("cupytv::prox_tv2d")
 def _prox_tv2d(
     x: Tensor, lam0: Tensor, lam1: Tensor, axes: list[int], max_iter: int, tol: float, method: str
 ) -> tuple[Tensor, Tensor]:
@@ -68,7 +70,7 @@ def _(info, in_dims, x, lam0, lam1, axes, max_iter, tol, method):
     return _prox_tv2d(x, lam0, lam1, axes, max_iter, tol, method), (0, 0)
 
 
-@torch.library.custom_op("cupytv::prox_tv2d_vjp", mutates_args=())
+@custom_op("cupytv::prox_tv2d_vjp")
 def _prox_tv2d_vjp(
     g: Tensor, x: Tensor, lam0: Tensor, lam1: Tensor, axes: list[int], n_iter: Tensor, method: str
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -102,7 +104,7 @@ def _(info, in_dims, g, x, lam0, lam1, axes, n_iter, method):
     return (gx, g0, g1), (0, 0, 0)
 
 
-@torch.library.custom_op("cupytv::prox_tv2d_jvp", mutates_args=())
+@custom_op("cupytv::prox_tv2d_jvp")
 def _prox_tv2d_jvp(
     x: Tensor,
     lam0: Tensor,
@@ -226,7 +228,7 @@ class _ProxTV2d(torch.autograd.Function):
     @staticmethod
     def forward(x, lam0, lam1, axes, max_iter, tol, method):
         op = torch.ops.cupytv.prox_tv2d.default
-        return op(x, lam0, lam1, list(axes), max_iter, tol, method)
+        return call(op, x, lam0, lam1, list(axes), max_iter, tol, method)
 
     setup_context = staticmethod(_setup_context)
     backward = staticmethod(_backward)
@@ -241,7 +243,7 @@ class _ProxTV2dVJP(torch.autograd.Function):
     @staticmethod
     def forward(g, x, lam0, lam1, axes, n_iter, method):
         op = torch.ops.cupytv.prox_tv2d_vjp.default
-        return op(g, x, lam0, lam1, list(axes), n_iter, method)
+        return call(op, g, x, lam0, lam1, list(axes), n_iter, method)
 
     setup_context = staticmethod(_vjp_setup_context)
     backward = staticmethod(_vjp_backward)
@@ -256,7 +258,7 @@ class _ProxTV2dJVP(torch.autograd.Function):
     @staticmethod
     def forward(x, lam0, lam1, x_dot, lam0_dot, lam1_dot, axes, n_iter, method):
         op = torch.ops.cupytv.prox_tv2d_jvp.default
-        return op(x, lam0, lam1, x_dot, lam0_dot, lam1_dot, list(axes), n_iter, method)
+        return call(op, x, lam0, lam1, x_dot, lam0_dot, lam1_dot, list(axes), n_iter, method)
 
     setup_context = staticmethod(_jvp_setup_context)
     backward = staticmethod(_jvp_backward)

@@ -16,8 +16,10 @@ from cupytv._validation import check_max_iter, check_tol, normalize_tv_axes
 from cupytv.torch._bridge import (
     Leaf,
     batch_first,
+    call,
     check_input,
     compute_dtype,
+    custom_op,
     from_array,
     lam_tensor,
     on_stream,
@@ -30,7 +32,7 @@ from cupytv.tv2d import DEFAULT_MAX_ITER, DEFAULT_TOL
 from cupytv.tvnd import prox_tv_jvp
 
 
-@torch.library.custom_op("cupytv::prox_tvnd", mutates_args=())
+@custom_op("cupytv::prox_tvnd")
 def _prox_tvnd(
     x: Tensor, lams: list[Tensor], axes: list[int], max_iter: int, tol: float
 ) -> tuple[Tensor, Tensor]:
@@ -56,7 +58,7 @@ def _(info, in_dims, x, lams, axes, max_iter, tol):
     return _prox_tvnd(x, lams, [a % ndim + 1 for a in axes], max_iter, tol), (0, 0)
 
 
-@torch.library.custom_op("cupytv::prox_tvnd_vjp", mutates_args=())
+@custom_op("cupytv::prox_tvnd_vjp")
 def _prox_tvnd_vjp(
     g: Tensor, x: Tensor, lams: list[Tensor], axes: list[int], n_iter: Tensor
 ) -> list[Tensor]:
@@ -89,7 +91,7 @@ def _(info, in_dims, g, x, lams, axes, n_iter):
     return [gx, *gl], [0] * (1 + len(gl))
 
 
-@torch.library.custom_op("cupytv::prox_tvnd_jvp", mutates_args=())
+@custom_op("cupytv::prox_tvnd_jvp")
 def _prox_tvnd_jvp(
     x: Tensor, lams: list[Tensor], x_dot: Tensor, lam_dots: list[Tensor], axes: list[int],
     n_iter: Tensor,
@@ -199,7 +201,7 @@ class _ProxTVnd(torch.autograd.Function):
 
     @staticmethod
     def forward(x, axes, max_iter, tol, *lams):
-        return torch.ops.cupytv.prox_tvnd.default(x, list(lams), list(axes), max_iter, tol)
+        return call(torch.ops.cupytv.prox_tvnd.default, x, list(lams), list(axes), max_iter, tol)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -225,7 +227,7 @@ class _ProxTVndVJP(torch.autograd.Function):
     @staticmethod
     def forward(g, x, axes, n_iter, *lams):
         op = torch.ops.cupytv.prox_tvnd_vjp.default
-        return tuple(op(g, x, list(lams), list(axes), n_iter))
+        return tuple(call(op, g, x, list(lams), list(axes), n_iter))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -252,7 +254,9 @@ class _ProxTVndJVP(torch.autograd.Function):
     @staticmethod
     def forward(x, x_dot, axes, n_iter, m, *lams_and_dots):
         lams, lam_dots = list(lams_and_dots[:m]), list(lams_and_dots[m:])
-        return torch.ops.cupytv.prox_tvnd_jvp.default(x, lams, x_dot, lam_dots, list(axes), n_iter)
+        return call(
+            torch.ops.cupytv.prox_tvnd_jvp.default, x, lams, x_dot, lam_dots, list(axes), n_iter
+        )
 
     @staticmethod
     def setup_context(ctx, inputs, output):
