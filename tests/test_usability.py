@@ -10,7 +10,7 @@ import pytest
 import cupytv
 
 torch = pytest.importorskip("torch")
-from cupytv.torch import TV1d, TV2d, prox_tv2d  # noqa: E402
+from cupytv.torch import TV1d, TV2d, prox_tv, prox_tv1d, prox_tv2d  # noqa: E402
 
 
 def test_a_torch_tensor_in_the_array_api_gets_a_hint():
@@ -39,6 +39,9 @@ def test_a_negative_weight_is_shown_as_given(lam, message):
     # Was "lam[0]: expected values >= 0, got -0.10000000149011612" for a scalar.
     with pytest.raises(ValueError, match=message):
         prox_tv2d(torch.zeros(2, 2, 4, 4), lam)
+    if torch.as_tensor(lam).dim() == 0:  # three axes: one weight for all is still "lam"
+        with pytest.raises(ValueError, match=message):
+            prox_tv(torch.zeros(2, 2, 4, 4), lam, (1, 2, 3))
 
 
 def test_tv2d_takes_a_pair_like_the_function():
@@ -89,3 +92,44 @@ def test_eager_calls_do_not_import_the_compiler():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+CHANNELS_LAST_OPS = {
+    "prox_tv1d": lambda t, lam: prox_tv1d(t, lam, -1),
+    "prox_tv2d": lambda t, lam: prox_tv2d(t, (lam, 0.2)),
+    "prox_tv": lambda t, lam: prox_tv(t, 0.2, (1, 2, 3)),
+    "TV2d": lambda t, lam: TV2d(0.1, num_channels=3).double()(t),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHANNELS_LAST_OPS))
+def test_channels_last_in_channels_last_out(name):
+    # The ops read any layout in place; their outputs were C order whatever the input's.
+    fn = CHANNELS_LAST_OPS[name]
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64)
+    lam = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64).view(1, 3, 1, 1)
+    cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    x.requires_grad_()
+    y, y_cl = fn(x, lam), fn(cl, lam)
+    assert y_cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y_cl, y, rtol=0, atol=0)
+    g = torch.randn_like(y)
+    torch.testing.assert_close(
+        torch.autograd.grad(y_cl, cl, g)[0], torch.autograd.grad(y, x, g)[0], rtol=0, atol=0
+    )
+
+
+def test_ops_return_the_layout_their_fakes_promise():
+    # 2D over axes that are not the last two: the array API hands back a view with the axes
+    # moved into place; the op must return C order, as its fake implementation says.
+    x = torch.randn(2, 5, 6, 3, dtype=torch.float64)
+    lam = torch.tensor(0.3, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.cupytv.prox_tv2d.default, (x, lam, lam, [1, 2], 5, 0.0, "auto"))
+    compiled = torch.compile(
+        lambda t: prox_tv2d(t, 0.3, axes=(1, 2), max_iter=5, tol=0.0), backend="aot_eager"
+    )
+    cl = torch.randn(2, 3, 6, 7).contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(
+        compiled(cl), prox_tv2d(cl, 0.3, axes=(1, 2), max_iter=5, tol=0.0), rtol=0, atol=0
+    )

@@ -33,10 +33,16 @@ def to_array(t: torch.Tensor):
 
 
 def from_array(a) -> torch.Tensor:
-    """The tensor viewing a NumPy or CuPy array (zero copy)."""
+    """The tensor viewing a NumPy or CuPy array: zero copy when it is in C order.
+
+    The ops' fake implementations promise C order, and the 2D and N-D wrappers hand back views
+    with their TV axes moved into place (solved as contiguous slices), which are copied here.
+    The torch wrappers lay their inputs out so that this is rare (:class:`Layout`).
+    """
     if isinstance(a, (np.ndarray, np.generic)):  # a reduction may hand back a NumPy scalar
-        return torch.from_numpy(np.asarray(a))
-    return torch.from_dlpack(a)
+        a = np.asarray(a)  # (np.ascontiguousarray would make a 0-d array 1-d)
+        return torch.from_numpy(a if a.flags.c_contiguous else np.ascontiguousarray(a))
+    return torch.from_dlpack(a).contiguous()
 
 
 @contextlib.contextmanager
@@ -186,3 +192,57 @@ def _check_real(lam, name: str) -> None:
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in HALF_DTYPES else dtype
+
+
+class Layout:
+    """Run an op on ``x`` viewed in its memory order, so the result comes back in x's layout.
+
+    The kernels read any strides in place but write C order, and the ops' fake implementations
+    promise C order (``t.new_empty(t.shape)``, not ``empty_like``, whose strides follow the
+    input's): a ``channels_last`` input came back contiguous. The wrappers instead call
+    the op on ``x.permute(order)`` (its dimensions by decreasing stride: C order in memory for
+    any dense x, so no copy), with the axes and weights permuted alike, and permute the result
+    back, which restores x's layout; autograd sees only views.
+    """
+
+    def __init__(self, x: torch.Tensor, weights=(), tv_axes=()):
+        self.ndim = x.dim()
+        order = sorted(range(x.dim()), key=lambda d: (-x.stride(d), d))
+        # Only a dense x is permuted: a strided or expanded view is read as it is (the kernels
+        # take any strides), in its own order.
+        dense = not x.is_contiguous() and x.permute(order).is_contiguous()
+        self.order = order if dense else None
+        # A weight that does not fit x is left for the array API to refuse, in x's own order
+        # (its message names shapes as the caller wrote them).
+        reduced = [1 if d in tv_axes else n for d, n in enumerate(x.shape)]
+        for w in weights:
+            try:
+                fits = list(torch.broadcast_shapes(w.shape, reduced)) == reduced
+            except RuntimeError:
+                fits = False
+            if not fits:
+                self.order = None
+
+    def tensor(self, t: torch.Tensor) -> torch.Tensor:
+        """x itself, or a weight broadcastable to it, viewed in the op's order."""
+        if self.order is None:
+            return t
+        t = t.reshape((1,) * (self.ndim - t.dim()) + tuple(t.shape))
+        return t.permute(self.order)
+
+    def axis(self, axis: int) -> int:
+        """Where x's (non-negative) ``axis`` is in the op's order."""
+        return axis if self.order is None else self.order.index(axis)
+
+    def restore(self, y: torch.Tensor) -> torch.Tensor:
+        """The op's output of x's shape, back in x's dimension order and layout."""
+        if self.order is None:
+            return y
+        return y.permute([self.order.index(d) for d in range(self.ndim)])
+
+    def restore_batch(self, n: torch.Tensor, tv_axes) -> torch.Tensor:
+        """Per-slice counts (x's dimensions without ``tv_axes``) back in x's order."""
+        if self.order is None:
+            return n
+        kept = [d for d in self.order if d not in tv_axes]  # their order in the op's output
+        return n.permute([kept.index(d) for d in sorted(kept)]).contiguous()

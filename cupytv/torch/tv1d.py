@@ -15,6 +15,7 @@ from torch import Tensor
 import cupytv
 from cupytv._validation import normalize_axis
 from cupytv.torch._bridge import (
+    Layout,
     apply,
     batch_first,
     call,
@@ -39,7 +40,7 @@ def _prox_tv1d(x: Tensor, lam: Tensor, axis: int, method: str) -> Tensor:
 
 @_prox_tv1d.register_fake
 def _(x, lam, axis, method):
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)
 
 
 @_prox_tv1d.register_vmap
@@ -63,7 +64,7 @@ def _prox_tv1d_vjp(g: Tensor, y: Tensor, lam: Tensor, axis: int) -> tuple[Tensor
 
 @_prox_tv1d_vjp.register_fake
 def _(g, y, lam, axis):
-    return torch.empty_like(y), torch.empty_like(lam)
+    return y.new_empty(y.shape), lam.new_empty(lam.shape)
 
 
 @_prox_tv1d_vjp.register_vmap
@@ -208,9 +209,12 @@ def prox_tv1d(x: Tensor, lam, axis: int = -1, *, method: str = "auto") -> Tensor
     axis = normalize_axis(axis, x.dim())
     _kernel_name(method)
     cd = compute_dtype(x.dtype)  # .to() of a tensor already in cd is the tensor itself
+    lam = lam_tensor(lam, x)
+    layout = Layout(x, (lam,), (axis,))
     op = torch.ops.cupytv.prox_tv1d.default
-    y = apply(_ProxTV1d, op, x.to(cd), lam_tensor(lam, x).to(cd), axis, method)
-    return y.to(x.dtype)
+    y = apply(_ProxTV1d, op, layout.tensor(x.to(cd)), layout.tensor(lam.to(cd)),
+              layout.axis(axis), method)  # fmt: skip
+    return layout.restore(y).to(x.dtype)
 
 
 class TV1d(TVLayer):

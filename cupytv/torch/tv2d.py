@@ -19,6 +19,7 @@ from torch import Tensor
 import cupytv
 from cupytv._validation import check_max_iter, check_tol, normalize_axes
 from cupytv.torch._bridge import (
+    Layout,
     apply,
     batch_first,
     call,
@@ -57,7 +58,7 @@ def _prox_tv2d(
 
 @_prox_tv2d.register_fake
 def _(x, lam0, lam1, axes, max_iter, tol, method):
-    return torch.empty_like(x), x.new_empty(_batch_shape(x, axes), dtype=torch.int32)
+    return x.new_empty(x.shape), x.new_empty(_batch_shape(x, axes), dtype=torch.int32)
 
 
 @_prox_tv2d.register_vmap
@@ -88,7 +89,7 @@ def _prox_tv2d_vjp(
 
 @_prox_tv2d_vjp.register_fake
 def _(g, x, lam0, lam1, axes, n_iter, method):
-    return torch.empty_like(x), torch.empty_like(lam0), torch.empty_like(lam1)
+    return x.new_empty(x.shape), lam0.new_empty(lam0.shape), lam1.new_empty(lam1.shape)
 
 
 @_prox_tv2d_vjp.register_vmap
@@ -127,7 +128,7 @@ def _prox_tv2d_jvp(
 
 @_prox_tv2d_jvp.register_fake
 def _(x, lam0, lam1, x_dot, lam0_dot, lam1_dot, axes, n_iter, method):
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)
 
 
 @_prox_tv2d_jvp.register_vmap
@@ -319,11 +320,14 @@ def prox_tv2d(
     else:
         lam0 = lam1 = lam_tensor(lam, x)
     cd = compute_dtype(x.dtype)  # .to() of a tensor already in cd is the tensor itself
-    lam0, lam1 = (lam0.to(cd), lam1.to(cd)) if lam1 is not lam0 else (lam0.to(cd),) * 2
-    y, n_iter = apply(_ProxTV2d, torch.ops.cupytv.prox_tv2d.default, x.to(cd), lam0, lam1,
-                      axes_list, max_iter, tol, method)  # fmt: skip
-    y = y.to(x.dtype)
-    return (y, n_iter) if return_n_iter else y
+    layout = Layout(x, (lam0, lam1), axes_list)
+    lam0, lam1 = ((layout.tensor(lam0.to(cd)), layout.tensor(lam1.to(cd))) if lam1 is not lam0
+                  else (layout.tensor(lam0.to(cd)),) * 2)  # fmt: skip
+    y, n_iter = apply(_ProxTV2d, torch.ops.cupytv.prox_tv2d.default, layout.tensor(x.to(cd)),
+                      lam0, lam1, [layout.axis(a) for a in axes_list], max_iter, tol,
+                      method)  # fmt: skip
+    y = layout.restore(y).to(x.dtype)
+    return (y, layout.restore_batch(n_iter, axes_list)) if return_n_iter else y
 
 
 class TV2d(TVLayer):

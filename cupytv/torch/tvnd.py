@@ -14,6 +14,7 @@ from torch import Tensor
 import cupytv
 from cupytv._validation import check_max_iter, check_tol, normalize_tv_axes
 from cupytv.torch._bridge import (
+    Layout,
     Leaf,
     batch_first,
     call,
@@ -36,17 +37,20 @@ from cupytv.tvnd import prox_tv_jvp
 def _prox_tvnd(
     x: Tensor, lams: list[Tensor], axes: list[int], max_iter: int, tol: float
 ) -> tuple[Tensor, Tensor]:
+    # One weight for every axis arrives as one tensor repeated: passed as one, so that messages
+    # about it say "lam", as the caller wrote it.
+    lam = (to_array(lams[0]) if all(v is lams[0] for v in lams)
+           else tuple(to_array(v) for v in lams))  # fmt: skip
     with on_stream(x):
         y, info = cupytv.prox_tv(
-            to_array(x), tuple(to_array(lam) for lam in lams), tuple(axes), max_iter=max_iter,
-            tol=tol, return_info=True,
-        )  # fmt: skip
+            to_array(x), lam, tuple(axes), max_iter=max_iter, tol=tol, return_info=True
+        )
         return from_array(y), from_array(info.n_iter)
 
 
 @_prox_tvnd.register_fake
 def _(x, lams, axes, max_iter, tol):
-    return torch.empty_like(x), x.new_empty(_batch_shape(x, axes), dtype=torch.int32)
+    return x.new_empty(x.shape), x.new_empty(_batch_shape(x, axes), dtype=torch.int32)
 
 
 @_prox_tvnd.register_vmap
@@ -75,7 +79,7 @@ def _prox_tvnd_vjp(
 
 @_prox_tvnd_vjp.register_fake
 def _(g, x, lams, axes, n_iter):
-    return [torch.empty_like(x)] + [torch.empty_like(lam) for lam in lams]
+    return [x.new_empty(x.shape)] + [lam.new_empty(lam.shape) for lam in lams]
 
 
 @_prox_tvnd_vjp.register_vmap
@@ -106,7 +110,7 @@ def _prox_tvnd_jvp(
 
 @_prox_tvnd_jvp.register_fake
 def _(x, lams, x_dot, lam_dots, axes, n_iter):
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)
 
 
 @_prox_tvnd_jvp.register_vmap
@@ -320,12 +324,18 @@ def prox_tv(x: Tensor, lam, axes, *, max_iter: int = DEFAULT_MAX_ITER, tol: floa
     else:
         lams = [lam_tensor(lam, x)] * len(axes_t)
     cd = compute_dtype(x.dtype)  # .to() of a tensor already in cd is the tensor itself
-    xc, lams, axes_l = x.to(cd), [v.to(cd) for v in lams], [int(a) for a in axes_t]
+    layout = Layout(x, lams, axes_t)
+    if isinstance(lam, (tuple, list)):
+        lams = [layout.tensor(v.to(cd)) for v in lams]
+    else:
+        lams = [layout.tensor(lams[0].to(cd))] * len(axes_t)
+    xc = layout.tensor(x.to(cd))
+    axes_l = [layout.axis(int(a)) for a in axes_t]
     if torch.compiler.is_compiling():  # see _bridge.apply
         y, _ = _prox_tvnd(xc, lams, axes_l, int(max_iter), float(tol))
     else:
         y, _ = _ProxTVnd.apply(xc, Leaf(axes_l), int(max_iter), float(tol), *lams)
-    return y.to(x.dtype)
+    return layout.restore(y).to(x.dtype)
 
 
 __all__ = ["prox_tv"]
