@@ -62,6 +62,7 @@ if (ROOT / "pyproject.toml").is_file():  # a checkout: its cupytv (installed: th
 import cupytv  # noqa: E402
 from cupytv import _loader  # noqa: E402
 from cupytv._host import build as host_build  # noqa: E402
+from cupytv.bench import progress, progress_done  # noqa: E402
 from cupytv.reference import tv1d as reference  # noqa: E402
 
 LAM = 0.1
@@ -352,7 +353,7 @@ class Bench:
                 "max_abs_diff": diff,
             }
             self.rows.append(row)
-            print(format_row(row), flush=True)
+            progress(f"{len(self.rows)} rows; {case} {direction} {impl} {method or ''}")
 
     def plain_forward(self, algo, x, lam):
         """The plain C loop of tv1d_<algo>_fiber over the fibers (rows) of x, into its own y."""
@@ -604,7 +605,6 @@ def main() -> None:
             print(f"note: {exc}\nplain C rows skipped")
             lib, args.plain_algorithms = None, ()
         bench = Bench(args, api, lib, gpu, peers)
-        print(HEADER)
         for shape in QUICK_SHAPES if args.quick else SHAPES:
             for dtype in DTYPES:
                 case = f"{shape[0]}x{shape[1]} {np.dtype(dtype).name}"
@@ -627,8 +627,9 @@ def main() -> None:
 
     rows = bench.rows
     add_ratios(rows)
+    progress_done()
     print(
-        "\nAll rows, with ratios (GB/s against the bytes-moved floor: forward reads x and "
+        "Every row, with ratios (GB/s against the bytes-moved floor: forward reads x and "
         "writes y; backward reads y and g and writes grad_x):"
     )
     print(HEADER)

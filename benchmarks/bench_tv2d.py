@@ -90,6 +90,7 @@ import cupytv  # noqa: E402
 from cupytv import _loader, reference, tv2d  # noqa: E402
 from cupytv._host import build as host_build  # noqa: E402
 from cupytv._host.launch import launch_workers  # noqa: E402
+from cupytv.bench import progress, progress_done  # noqa: E402
 
 SEED = 0
 IMAGE_LAM = 0.1  # the weight for images in [0, 1]
@@ -272,7 +273,7 @@ def measure(entries: list[Entry], reps: int, gpu, rows: list[dict]) -> None:
             "gb_per_s_per_iter": entry.floor_bytes * iters / median / 1e9 if iters else None,
         }
         rows.append(row)
-        print(format_row(row), flush=True)
+        progress(f"{len(rows)} rows; {row.get('case', '')} {row.get('implementation', '')}")
 
 
 def forward_check(checker: Checker, x64: np.ndarray, lam: float, target: float | None):
@@ -631,7 +632,6 @@ def main() -> None:
         cases.append((name, x_image, dtype, IMAGE_LAM))
 
     rows: list[dict] = []
-    print(HEADER)
     for name, x64, dtype, lam in cases:
         entries = case_entries(name, x64, dtype, lam, TARGETS, checker, gpu, threads)
         measure(entries, reps, gpu, rows)
@@ -639,12 +639,19 @@ def main() -> None:
 
     shape = QUICK_TARGET_SHAPE if args.quick else TARGET_SHAPE
     x_target = noisy(pooled(image)[: shape[0]], rng)
-    print(f"\nCPU target ({'x'.join(map(str, shape))}, lam {IMAGE_LAM}, {threads} threads):")
     entries, oracle = cpu_target_entries(x_target, IMAGE_LAM, checker, gpu, prox_tv, threads)
-    print(HEADER)
     measure(entries, reps, gpu, rows)
+    progress_done()
+
+    # Each table once, the summary last.
+    print(HEADER)
+    for r in rows:
+        print(format_row(r))
     lines = summary(rows, "x".join(map(str, shape)) + " image float64")
-    print("\nCPU target summary (true gaps against the exact reference):")
+    print(
+        f"\nCPU target summary ({'x'.join(map(str, shape))}, lam {IMAGE_LAM}, {threads} threads; "
+        "true gaps against the exact reference):"
+    )
     print("\n".join(lines) if lines else "  (no rows)")
     missed = [r for r in rows if r.get("met") is False]
     for r in missed:
@@ -652,11 +659,6 @@ def main() -> None:
             f"note: missed: {r['case']} {r['implementation']} {r.get('method') or ''} target "
             f"{r['target']:g}: true gap {r['true_gap']:.2e} ({r['true_gap'] / r['target']:.2f}x)"
         )
-
-    print("\nAll rows:")
-    print(HEADER)
-    for r in rows:
-        print(format_row(r))
 
     if kernel_sha1() != source_sha1:
         print("note: cuda_src/tv2d.cu changed during the run; the rows measure the text at start")

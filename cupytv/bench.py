@@ -66,3 +66,19 @@ def run(names: list[str] | None, quick: bool, out_dir: Path) -> int:
         verdict = "ok" if code == 0 else f"exit {code}"
         print(f"{name:<15} {verdict:<8} {seconds:>7.1f}  {json_path}")
     return 0 if all(code == 0 for _, code, _, _ in summary) else 1
+
+
+def progress(text: str) -> None:
+    """One status line for a suite's long run: rewritten in place on a terminal, silent in a log.
+
+    A suite prints each table once, at its end; where someone watches, this shows what it is
+    measuring meanwhile (the rows used to be printed as they came and then again in the table).
+    """
+    if sys.stderr.isatty():
+        print(f"\r\033[K{text[:100]}", end="", file=sys.stderr, flush=True)
+
+
+def progress_done() -> None:
+    """Clear the status line (on a terminal) before the tables."""
+    if sys.stderr.isatty():
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
