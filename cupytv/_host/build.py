@@ -27,18 +27,19 @@ COMPILERS = ("g++", "c++", "clang++")
 
 _HEADER = Path(__file__).with_name("cuda_host.h")
 
-# -O3 as a release build (it vectorizes the elementwise loops; -O2 did not); C++20 for
-# std::atomic_ref (floating-point atomicAdd); -pthread for the worker pool that runs the blocks of
-# a grid in parallel (cuda_host.h; no OpenMP, whose joins stall on a shared CPU); hidden
-# visibility exports only the generated launchers; the local-dynamic TLS model finds all of a
-# function's thread-locals (threadIdx, __shared__ arrays) with one __tls_get_addr call instead of
-# one per variable. -ffp-contract=off: no fused multiply-adds the source does not write, so the
-# results are the same bits on every CPU, with or without FMA units (g++ contracts by default in
-# C++ and -march=native turns FMA on), and the same as the exact reference's float64 arithmetic
-# where the kernels copy it. NVRTC does contract, so the GPU may differ in the last bits anyway.
+# -O2 as a release build (-O3 measured no faster, the 2D fused kernel 4-7% slower: the kernels
+# are scalar loops with data-dependent branches; benchmarks/NOTES.md); C++20 for std::atomic_ref
+# (floating-point atomicAdd); -pthread for the worker pool that runs the blocks of a grid in
+# parallel (cuda_host.h; no OpenMP, whose joins stall on a shared CPU); hidden visibility exports
+# only the generated launchers; the local-dynamic TLS model finds all of a function's
+# thread-locals (threadIdx, __shared__ arrays) with one __tls_get_addr call instead of one per
+# variable. -ffp-contract=off: no fused multiply-adds the source does not write, so results are
+# the same bits on every CPU, with or without FMA units (g++ contracts by default in C++, and
+# -march=native turns FMA on), and the same as before -march=native. NVRTC does contract, so the
+# GPU may differ from the host in the last bits anyway (scripts/gpu_timings.py --ulp measures it).
 BASE_FLAGS = (
     "-std=c++20",
-    "-O3",
+    "-O2",
     "-fPIC",
     "-shared",
     "-pthread",
@@ -47,7 +48,8 @@ BASE_FLAGS = (
     "-ffp-contract=off",
 )
 # Code for the CPU that builds it (AVX2 / AVX-512 where present), when the compiler knows the flag;
-# the cache key records what it expanded to (see _native_target).
+# the cache key records what it expanded to (see _native_target). Measured: equal or up to a few
+# percent faster than generic x86-64 (benchmarks/NOTES.md).
 NATIVE_FLAGS = ("-march=native",)
 # Debug mode: every out-of-bounds access or undefined behaviour aborts the process with a report.
 # Sanitized frames are several times larger, hence the bigger fiber stacks.
