@@ -196,6 +196,16 @@ def host_source(source: str, name_expressions: tuple[str, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cache_path(text: str, compiler: tuple[str, ...], flags: tuple[str, ...]) -> Path:
+    """Where the library built from ``text`` with ``compiler`` and ``flags`` is cached: keyed by
+    all three, the compiler's version and the CPU ``-march=native`` targets here."""
+    target_cpu = _native_target(compiler) or ""
+    key = hashlib.sha256(
+        "\0".join([text, *compiler, _compiler_identity(compiler), target_cpu, *flags]).encode()
+    ).hexdigest()[:32]
+    return cache_dir() / f"kernels-{key}.so"
+
+
 def compile_library(
     source: str, name_expressions: tuple[str, ...], defines: tuple[str, ...], sanitize: bool
 ) -> Path:
@@ -203,11 +213,7 @@ def compile_library(
     compiler = tuple(find_compiler())
     flags = compile_flags(compiler, sanitize) + defines
     text = host_source(source, name_expressions)
-    target_cpu = _native_target(compiler) or ""
-    key = hashlib.sha256(
-        "\0".join([text, *compiler, _compiler_identity(compiler), target_cpu, *flags]).encode()
-    ).hexdigest()[:32]
-    target = cache_dir() / f"kernels-{key}.so"
+    target = cache_path(text, compiler, flags)
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
