@@ -101,7 +101,14 @@ def build_plain_c(workdir: Path) -> ctypes.CDLL:
     out = workdir / "plain.so"
     subprocess.run(
         # The executor runs blocks on its own thread pool; the baseline uses OpenMP.
-        [*host_build.find_compiler(), *host_build.BASE_FLAGS, "-fopenmp", str(src), "-o", str(out)],
+        [
+            *host_build.find_compiler(),
+            *host_build.compile_flags(tuple(host_build.find_compiler())),
+            "-fopenmp",
+            str(src),
+            "-o",
+            str(out),
+        ],
         check=True,
     )
     lib = ctypes.CDLL(str(out))
@@ -206,7 +213,7 @@ def main() -> None:
         "processor": platform.processor() or platform.machine(),
         "cpu_count": all_threads,
         "compiler": host_build.find_compiler(),
-        "flags": list(host_build.BASE_FLAGS),
+        "flags": list(host_build.compile_flags(tuple(host_build.find_compiler()))),
         "block": BLOCK,
         "results": rows,
     }

@@ -230,7 +230,7 @@ def start_plain_c_build(workdir: Path, source: str | None, algorithms: tuple[str
     # The executor runs blocks on its own thread pool; the baseline uses OpenMP.
     command = [
         *host_build.find_compiler(),
-        *host_build.BASE_FLAGS,
+        *host_build.compile_flags(tuple(host_build.find_compiler())),
         "-fopenmp",
         str(src),
         "-o",
@@ -670,7 +670,7 @@ def main() -> None:
             **versions,
         },
         "compiler": host_build.find_compiler(),
-        "flags": list(host_build.BASE_FLAGS),
+        "flags": list(host_build.compile_flags(tuple(host_build.find_compiler()))),
         "lam": LAM,
         "methods": list(args.methods),
         "plain_c_algorithms": list(args.plain_algorithms),

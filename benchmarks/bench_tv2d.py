@@ -689,7 +689,7 @@ def main() -> None:
         },
         "tv2d_source_sha1": source_sha1,
         "compiler": host_build.find_compiler(),
-        "flags": list(host_build.BASE_FLAGS),
+        "flags": list(host_build.compile_flags(tuple(host_build.find_compiler()))),
         "inputs": {
             "images": image_source,
             "image_lam": IMAGE_LAM,

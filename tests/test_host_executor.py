@@ -559,3 +559,23 @@ def test_extern_shared_rewrite_ignores_comments():
         "  unsigned char* const raw = "
         "reinterpret_cast<unsigned char*>(::cupytv_host::dynamic_shared());"
     )
+
+
+def test_native_builds_are_cached_per_cpu(monkeypatch):
+    # -march=native code may not run on another CPU: a cache shared between machines must key
+    # each build by what -march=native means where it was built.
+    compiler = tuple(host_build.find_compiler())
+    flags = host_build.compile_flags(compiler)
+    if host_build._native_target(compiler) is None:
+        pytest.skip(f"{compiler[0]} does not accept {host_build.NATIVE_FLAGS}")
+    assert set(host_build.NATIVE_FLAGS) <= set(flags)
+    here = host_build.cache_path("kernel text", compiler, flags)
+    assert host_build.cache_path("kernel text", compiler, flags) == here
+    monkeypatch.setattr(host_build, "_native_target", lambda command: "-march=another-cpu")
+    assert host_build.cache_path("kernel text", compiler, flags) != here
+
+
+def test_no_contraction_on_the_host():
+    # FMA contraction (g++'s default in C++, on by -march=native where the CPU has FMA) would
+    # make the host's results depend on the CPU.
+    assert "-ffp-contract=off" in host_build.compile_flags(tuple(host_build.find_compiler()))

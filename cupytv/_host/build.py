@@ -5,7 +5,8 @@ is compiled together with ``cuda_host.h``, the CUDA compatibility header beside 
 generated pair of ``extern "C"`` functions per requested template instantiation: a launcher and a
 signature string used to check arguments. Libraries are cached under
 ``$CUPYTV_CACHE_DIR/host`` (default ``~/.cache/cupytv/host``), keyed by a hash of the full
-generated source, the compiler's identity and the flags.
+generated source, the compiler's identity, the flags and the CPU the build targets (what
+``-march=native`` expands to), so a cache shared between machines never runs another CPU's code.
 """
 
 from __future__ import annotations
@@ -26,11 +27,16 @@ COMPILERS = ("g++", "c++", "clang++")
 
 _HEADER = Path(__file__).with_name("cuda_host.h")
 
-# -O2 as a release build; C++20 for std::atomic_ref (floating-point atomicAdd); -pthread for the
-# worker pool that runs the blocks of a grid in parallel (cuda_host.h; no OpenMP, whose joins
-# stall on a shared CPU); hidden visibility exports only the generated launchers; the local-dynamic
-# TLS model finds all of a function's thread-locals (threadIdx, __shared__ arrays) with one
-# __tls_get_addr call instead of one per variable.
+# -O2 as a release build (-O3 measured no faster, the 2D fused kernel 4-7% slower: the kernels
+# are scalar loops with data-dependent branches; benchmarks/NOTES.md); C++20 for std::atomic_ref
+# (floating-point atomicAdd); -pthread for the worker pool that runs the blocks of a grid in
+# parallel (cuda_host.h; no OpenMP, whose joins stall on a shared CPU); hidden visibility exports
+# only the generated launchers; the local-dynamic TLS model finds all of a function's
+# thread-locals (threadIdx, __shared__ arrays) with one __tls_get_addr call instead of one per
+# variable. -ffp-contract=off: no fused multiply-adds the source does not write, so results are
+# the same bits on every CPU, with or without FMA units (g++ contracts by default in C++, and
+# -march=native turns FMA on), and the same as before -march=native. NVRTC does contract, so the
+# GPU may differ from the host in the last bits anyway (scripts/gpu_timings.py --ulp measures it).
 BASE_FLAGS = (
     "-std=c++20",
     "-O2",
@@ -39,7 +45,12 @@ BASE_FLAGS = (
     "-pthread",
     "-fvisibility=hidden",
     "-ftls-model=local-dynamic",
+    "-ffp-contract=off",
 )
+# Code for the CPU that builds it (AVX2 / AVX-512 where present), when the compiler knows the flag;
+# the cache key records what it expanded to (see _native_target). Measured: equal or up to a few
+# percent faster than generic x86-64 (benchmarks/NOTES.md).
+NATIVE_FLAGS = ("-march=native",)
 # Debug mode: every out-of-bounds access or undefined behaviour aborts the process with a report.
 # Sanitized frames are several times larger, hence the bigger fiber stacks.
 SANITIZE_FLAGS = (
@@ -111,6 +122,39 @@ def _compiler_identity(command: tuple[str, ...]) -> str:
     return out.stdout.strip()
 
 
+@functools.cache
+def _native_target(command: tuple[str, ...]) -> str | None:
+    """What ``-march=native`` means to this compiler on this CPU, or None when it rejects it.
+
+    The driver's dry run (``-###``) prints the compiler proper's command line with the detected
+    CPU spelled out (g++: ``-march=cooperlake -mavx2 ... --param l1-cache-size=48``; clang:
+    ``-target-cpu X -target-feature +avx2 ...``). Two machines with the same expansion get the
+    same code, which runs on both; any other CPU gets its own build.
+    """
+    probe = [*command, *NATIVE_FLAGS, "-###", "-x", "c++", "-c", os.devnull, "-o", os.devnull]
+    try:
+        out = subprocess.run(probe, capture_output=True, text=True, check=False, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    words = shlex.split(out.stderr.replace("\n", " "))
+    # Target options only: file names and temporary paths differ between runs.
+    keep = [
+        w
+        for i, w in enumerate(words)
+        if (w.startswith("-m") and "/" not in w)
+        or (i > 0 and words[i - 1] in ("-target-cpu", "-target-feature", "--param", "-tune-cpu"))
+    ]
+    return " ".join(keep) if keep else None
+
+
+def compile_flags(command: tuple[str, ...], sanitize: bool = False) -> tuple[str, ...]:
+    """The flags every host build with this compiler gets (before the per-build defines)."""
+    native = NATIVE_FLAGS if _native_target(command) is not None else ()
+    return BASE_FLAGS + native + (SANITIZE_FLAGS if sanitize else ())
+
+
 def rewrite_extern_shared(source: str) -> str:
     """Turn ``extern __shared__ T name[];`` into a pointer to the block's dynamic shared memory.
 
@@ -152,17 +196,24 @@ def host_source(source: str, name_expressions: tuple[str, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cache_path(text: str, compiler: tuple[str, ...], flags: tuple[str, ...]) -> Path:
+    """Where the library built from ``text`` with ``compiler`` and ``flags`` is cached: keyed by
+    all three, the compiler's version and the CPU ``-march=native`` targets here."""
+    target_cpu = _native_target(compiler) or ""
+    key = hashlib.sha256(
+        "\0".join([text, *compiler, _compiler_identity(compiler), target_cpu, *flags]).encode()
+    ).hexdigest()[:32]
+    return cache_dir() / f"kernels-{key}.so"
+
+
 def compile_library(
     source: str, name_expressions: tuple[str, ...], defines: tuple[str, ...], sanitize: bool
 ) -> Path:
     """Build (or find in the cache) the shared library for these kernels; returns its path."""
     compiler = tuple(find_compiler())
-    flags = BASE_FLAGS + (SANITIZE_FLAGS if sanitize else ()) + defines
+    flags = compile_flags(compiler, sanitize) + defines
     text = host_source(source, name_expressions)
-    key = hashlib.sha256(
-        "\0".join([text, *compiler, _compiler_identity(compiler), *flags]).encode()
-    ).hexdigest()[:32]
-    target = cache_dir() / f"kernels-{key}.so"
+    target = cache_path(text, compiler, flags)
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
