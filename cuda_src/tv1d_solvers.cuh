@@ -53,7 +53,10 @@ __host__ __device__ __forceinline__ index_t condat_scratch(index_t n) {
 template <typename T>
 __device__ __forceinline__ bool fiber_is_finite(const T* x, index_t sx, index_t n) {
   bool finite = true;
+  TV_PROBE_LOOP(finite_check);
   for (index_t k = 0; k < n; ++k) {
+    TV_PROBE_TRIP(finite_check);
+    TV_PROBE_ACCESS(finite_check, &x[k * sx]);
     finite &= fabs(static_cast<double>(x[k * sx])) <= TV1D_DOUBLE_MAX;
   }
   return finite;
@@ -61,12 +64,22 @@ __device__ __forceinline__ bool fiber_is_finite(const T* x, index_t sx, index_t 
 
 template <typename T>
 __device__ __forceinline__ void fill(T* y, index_t sy, index_t begin, index_t end, T value) {
-  for (index_t k = begin; k < end; ++k) y[k * sy] = value;
+  TV_PROBE_LOOP(fill);
+  for (index_t k = begin; k < end; ++k) {
+    TV_PROBE_TRIP(fill);
+    TV_PROBE_ACCESS(fill, &y[k * sy]);
+    y[k * sy] = value;
+  }
 }
 
 template <typename T>
 __device__ __forceinline__ void copy(const T* x, index_t sx, T* y, index_t sy, index_t n) {
-  for (index_t k = 0; k < n; ++k) y[k * sy] = x[k * sx];
+  TV_PROBE_LOOP(copy);
+  for (index_t k = 0; k < n; ++k) {
+    TV_PROBE_TRIP(copy);
+    TV_PROBE_ACCESS(copy, &y[k * sy]);
+    y[k * sy] = x[k * sx];
+  }
 }
 
 // The cases every method shares. Returns true when the fiber is done: non-finite input (all NaN
@@ -115,6 +128,7 @@ __device__ __forceinline__ bool trivial_fiber(const T* x, index_t sx, T* y, inde
 template <typename T>
 __device__ bool condat_scan(const T* x, index_t sx, T* y, index_t sy, index_t n, T lam_t,
                             index_t budget) {
+  TV_PROBE(scan_setup);
   const double lam = lam_t;
   index_t k0 = 0, k = 0, kmin = 0, kmax = 0;
   double ub = 0.0;  // u_{k0-1}: 0 at the fiber start, +lam after a jump down, -lam after one up
@@ -156,46 +170,59 @@ __device__ bool condat_scan(const T* x, index_t sx, T* y, index_t sy, index_t n,
     if (last + 1 >= n) return true;                                                         \
     k0 = k = kmin = kmax = last + 1;                                                        \
     ub = (down) ? lam : -lam;                                                               \
+    TV_PROBE_ACCESS(scan_restart, &x[k0 * sx]);                                             \
     sum = smin = smax = static_cast<double>(x[k0 * sx]);                                    \
     vmin = sum + ub - lam;                                                                  \
     vmax = sum + ub + lam;                                                                  \
     umin = lam;                                                                             \
     umax = -lam;                                                                            \
   }
+  TV_PROBE_LOOP(scan);
   for (index_t step = 0; step < budget; ++step) {
+    TV_PROBE_TRIP(scan);
     if (k == n - 1) {
       // End of the fiber: u_{n-1} must be 0.
+      TV_PROBE(scan_end);
       if (umin < 0.0) {
+        TV_PROBE(scan_end_down);
         TV1D_JUMP(true);
       } else if (umax > 0.0) {
+        TV_PROBE(scan_end_up);
         TV1D_JUMP(false);
       } else {
+        TV_PROBE(scan_last);
         const double value = settle(k0, n, sum, (sum + ub) / static_cast<double>(n - k0));
         fill(y, sy, k0, n, static_cast<T>(value));
         return true;
       }
       continue;
     }
+    TV_PROBE_ACCESS(scan_next, &x[(k + 1) * sx]);
     const double next = static_cast<double>(x[(k + 1) * sx]);
     const double umin_next = umin + next - vmin;
     const double umax_next = umax + next - vmax;
     if (umin_next < -lam) {
+      TV_PROBE(jump_down);
       TV1D_JUMP(true);
     } else if (umax_next > lam) {
+      TV_PROBE(jump_up);
       TV1D_JUMP(false);
     } else {
+      TV_PROBE(step);
       ++k;
       sum += next;
       umin = umin_next;
       umax = umax_next;
       const double len = static_cast<double>(k - k0 + 1);
       if (umin >= lam) {
+        TV_PROBE(tighten_min);
         vmin += (umin - lam) / len;
         umin = lam;
         kmin = k;
         smin = sum;
       }
       if (umax <= -lam) {
+        TV_PROBE(tighten_max);
         vmax += (umax + lam) / len;
         umax = -lam;
         kmax = k;
@@ -220,6 +247,7 @@ __device__ bool condat_scan(const T* x, index_t sx, T* y, index_t sy, index_t n,
 template <typename T>
 __device__ void taut_string_solve(const T* x, index_t sx, T* y, index_t sy, index_t n, T lam_t,
                                   double* ws) {
+  TV_PROBE(taut_string_setup);
   const double lam = lam_t;
   double* lo_pos = ws;
   double* lo_val = ws + (n + 1);
@@ -273,7 +301,9 @@ __device__ void taut_string_solve(const T* x, index_t sx, T* y, index_t sy, inde
   auto steeper = [&](double p1, double v1, double p2, double v2) {
     return (v1 - fa) * (p2 - a) > (v2 - fa) * (p1 - a);
   };
+  TV_PROBE_LOOP(taut_string);
   for (index_t p = 1; p <= n; ++p) {
+    TV_PROBE_TRIP(taut_string);
     sum += static_cast<double>(x[(p - 1) * sx]);
     const double pos = static_cast<double>(p);
     const double lo = p < n ? sum - lam : sum;
@@ -333,6 +363,7 @@ __device__ void taut_string_solve(const T* x, index_t sx, T* y, index_t sy, inde
 template <typename T>
 __device__ void tv1d_condat_fiber(const T* x, cupytv::index_t stride_x, T* y,
                                   cupytv::index_t stride_y, cupytv::index_t n, T lam, T* scratch) {
+  TV_PROBE(condat_fiber);
   if (tv1d::trivial_fiber(x, stride_x, y, stride_y, n, lam)) return;
   const bool guarded = n > TV1D_GUARD_MIN_N;
   // Unguarded fibers get a budget their worst case cannot reach (each restart finalises at least
