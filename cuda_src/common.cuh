@@ -12,7 +12,9 @@
 // hook's enclosing block spans (from the loop header when the hook opens a loop body).
 //   TV_PROBE(name)             the region ran once
 //   TV_PROBE_N(name, n)        the region ran n times (an inner loop: a warp pays its longest lane)
-//   TV_PROBE_LOOP(name)        a loop's extent, to the end of the enclosing scope
+//   TV_PROBE_LOOP(name)        a loop's extent, to the end of the enclosing scope (so code that
+//                              follows a loop needs the hook and the loop in a scope of their
+//                              own, or it counts as part of each lane's last trip)
 //   TV_PROBE_TRIP(name)        one trip of that loop (trips are aligned across a warp's lanes)
 //   TV_PROBE_ACCESS(name, p)   a load or store of *p (shared-memory banks, global sectors)
 #if defined(CUPYTV_PROBE) && !defined(__CUDACC__)

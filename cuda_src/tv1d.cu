@@ -164,12 +164,14 @@ __device__ __forceinline__ void forward(const T* __restrict__ x, T* __restrict__
     const unsigned int total = count * len;
     const T* src = x + first * n;
     T* dst = y + first * n;
-    TV_PROBE_LOOP(stage_in);
-    for (unsigned int e = threadIdx.x; e < total; e += blockDim.x) {
-      TV_PROBE_TRIP(stage_in);
-      TV_PROBE_ACCESS(stage_in_global, &src[e]);
-      TV_PROBE_ACCESS(stage_in_shared, &tile[(e / len) * row + e % len]);
-      tile[(e / len) * row + e % len] = src[e];
+    {  // the loop's probe scope ends with the loop
+      TV_PROBE_LOOP(stage_in);
+      for (unsigned int e = threadIdx.x; e < total; e += blockDim.x) {
+        TV_PROBE_TRIP(stage_in);
+        TV_PROBE_ACCESS(stage_in_global, &src[e]);
+        TV_PROBE_ACCESS(stage_in_shared, &tile[(e / len) * row + e % len]);
+        tile[(e / len) * row + e % len] = src[e];
+      }
     }
     __syncthreads();
     if (threadIdx.x < count) {
@@ -183,12 +185,14 @@ __device__ __forceinline__ void forward(const T* __restrict__ x, T* __restrict__
       }
     }
     __syncthreads();
-    TV_PROBE_LOOP(stage_out);
-    for (unsigned int e = threadIdx.x; e < total; e += blockDim.x) {
-      TV_PROBE_TRIP(stage_out);
-      TV_PROBE_ACCESS(stage_out_shared, &tile[(e / len) * row + e % len]);
-      TV_PROBE_ACCESS(stage_out_global, &dst[e]);
-      dst[e] = tile[(e / len) * row + e % len];
+    {  // the loop's probe scope ends with the loop
+      TV_PROBE_LOOP(stage_out);
+      for (unsigned int e = threadIdx.x; e < total; e += blockDim.x) {
+        TV_PROBE_TRIP(stage_out);
+        TV_PROBE_ACCESS(stage_out_shared, &tile[(e / len) * row + e % len]);
+        TV_PROBE_ACCESS(stage_out_global, &dst[e]);
+        dst[e] = tile[(e / len) * row + e % len];
+      }
     }
     return;
   }
@@ -247,32 +251,36 @@ __device__ __forceinline__ T vjp_fiber(const T* yf, const T* gf, T* gx, index_t 
   double s_in = 0.0;  // sign of the jump into the current segment
   index_t start = 0;
   TV_PROBE(vjp_setup);
-  TV_PROBE_LOOP(vjp_segment);
-  while (start < n) {
-    TV_PROBE_TRIP(vjp_segment);
-    TV_PROBE_ACCESS(vjp_y, &yf[start * s]);
-    const T v = yf[start * s];
-    has_nan |= !(fabs(static_cast<double>(v)) <= TV1D_DOUBLE_MAX);  // NaN or +-Inf
-    double sum = static_cast<double>(gf[start * s]);
-    index_t end = start + 1;
-    T after = v;
-    TV_PROBE_LOOP(vjp_run);
-    for (; end < n; ++end) {
-      TV_PROBE_TRIP(vjp_run);
-      TV_PROBE_ACCESS(vjp_y, &yf[end * s]);
-      TV_PROBE_ACCESS(vjp_g, &gf[end * s]);
-      after = yf[end * s];
-      // Written so that NaN (and Inf - Inf) ends the segment: the next segment's start is then
-      // the non-finite sample, which the test above catches (a NaN inside a run was merged).
-      if (!(fabs(static_cast<double>(after) - static_cast<double>(v)) <= tiny)) break;
-      sum += static_cast<double>(gf[end * s]);
+  {  // the loop's probe scope ends with the loop
+    TV_PROBE_LOOP(vjp_segment);
+    while (start < n) {
+      TV_PROBE_TRIP(vjp_segment);
+      TV_PROBE_ACCESS(vjp_y, &yf[start * s]);
+      const T v = yf[start * s];
+      has_nan |= !(fabs(static_cast<double>(v)) <= TV1D_DOUBLE_MAX);  // NaN or +-Inf
+      double sum = static_cast<double>(gf[start * s]);
+      index_t end = start + 1;
+      T after = v;
+      {  // the loop's probe scope ends with the loop
+        TV_PROBE_LOOP(vjp_run);
+        for (; end < n; ++end) {
+          TV_PROBE_TRIP(vjp_run);
+          TV_PROBE_ACCESS(vjp_y, &yf[end * s]);
+          TV_PROBE_ACCESS(vjp_g, &gf[end * s]);
+          after = yf[end * s];
+          // Written so that NaN (and Inf - Inf) ends the segment: the next segment's start is then
+          // the non-finite sample, which the test above catches (a NaN inside a run was merged).
+          if (!(fabs(static_cast<double>(after) - static_cast<double>(v)) <= tiny)) break;
+          sum += static_cast<double>(gf[end * s]);
+        }
+      }
+      const double mean = sum / static_cast<double>(end - start);
+      fill(gx, s, start, end, static_cast<T>(mean));
+      const double s_out = end < n ? static_cast<double>((after > v) - (after < v)) : 0.0;
+      glam += (s_out - s_in) * mean;
+      s_in = s_out;
+      start = end;
     }
-    const double mean = sum / static_cast<double>(end - start);
-    fill(gx, s, start, end, static_cast<T>(mean));
-    const double s_out = end < n ? static_cast<double>((after > v) - (after < v)) : 0.0;
-    glam += (s_out - s_in) * mean;
-    s_in = s_out;
-    start = end;
   }
   if (has_nan) {
     fill(gx, s, 0, n, static_cast<T>(quiet_nan()));

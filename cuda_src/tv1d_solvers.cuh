@@ -301,54 +301,56 @@ __device__ void taut_string_solve(const T* x, index_t sx, T* y, index_t sy, inde
   auto steeper = [&](double p1, double v1, double p2, double v2) {
     return (v1 - fa) * (p2 - a) > (v2 - fa) * (p1 - a);
   };
-  TV_PROBE_LOOP(taut_string);
-  for (index_t p = 1; p <= n; ++p) {
-    TV_PROBE_TRIP(taut_string);
-    sum += static_cast<double>(x[(p - 1) * sx]);
-    const double pos = static_cast<double>(p);
-    const double lo = p < n ? sum - lam : sum;
-    const double up = p < n ? sum + lam : sum;
-    // Concave lower hull: drop vertices the new point sees over (slopes must decrease).
-    while (lo_tail > lo_head) {
-      const bool first = lo_tail - 1 == lo_head;
-      const double pp = first ? a : lo_pos[lo_tail - 2], pv = first ? fa : lo_val[lo_tail - 2];
-      const double lp = lo_pos[lo_tail - 1], lv = lo_val[lo_tail - 1];
-      if ((lo - pv) * (lp - pp) >= (lv - pv) * (pos - pp)) {
-        --lo_tail;
+  {  // the loop's probe scope ends with the loop
+    TV_PROBE_LOOP(taut_string);
+    for (index_t p = 1; p <= n; ++p) {
+      TV_PROBE_TRIP(taut_string);
+      sum += static_cast<double>(x[(p - 1) * sx]);
+      const double pos = static_cast<double>(p);
+      const double lo = p < n ? sum - lam : sum;
+      const double up = p < n ? sum + lam : sum;
+      // Concave lower hull: drop vertices the new point sees over (slopes must decrease).
+      while (lo_tail > lo_head) {
+        const bool first = lo_tail - 1 == lo_head;
+        const double pp = first ? a : lo_pos[lo_tail - 2], pv = first ? fa : lo_val[lo_tail - 2];
+        const double lp = lo_pos[lo_tail - 1], lv = lo_val[lo_tail - 1];
+        if ((lo - pv) * (lp - pp) >= (lv - pv) * (pos - pp)) {
+          --lo_tail;
+        } else {
+          break;
+        }
+      }
+      lo_pos[lo_tail] = pos;
+      lo_val[lo_tail] = lo;
+      ++lo_tail;
+      // Convex upper hull: drop vertices the new point passes under (slopes must increase).
+      while (up_tail > up_head) {
+        const bool first = up_tail - 1 == up_head;
+        const double pp = first ? a : up_pos[up_tail - 2], pv = first ? fa : up_val[up_tail - 2];
+        const double qp = up_pos[up_tail - 1], qv = up_val[up_tail - 1];
+        if ((up - pv) * (qp - pp) <= (qv - pv) * (pos - pp)) {
+          --up_tail;
+        } else {
+          break;
+        }
+      }
+      up_pos[up_tail] = pos;
+      up_val[up_tail] = up;
+      ++up_tail;
+      if (!steeper(lo_pos[lo_head], lo_val[lo_head], up_pos[up_head], up_val[up_head])) continue;
+      if (up_pos[up_head] == pos) {
+        // The upper hull collapsed to the new point: bend over the lower hull's vertices until the
+        // lower bound no longer exceeds the slope to the new upper point. The lower hull ends at
+        // the new lower point, which is not steeper, so the loop stops before emptying it.
+        while (lo_pos[lo_head] < pos && steeper(lo_pos[lo_head], lo_val[lo_head], pos, up)) {
+          bend(lo_pos[lo_head], lo_val[lo_head], -1.0);  // before pos <= n: an interior vertex
+          ++lo_head;
+        }
       } else {
-        break;
-      }
-    }
-    lo_pos[lo_tail] = pos;
-    lo_val[lo_tail] = lo;
-    ++lo_tail;
-    // Convex upper hull: drop vertices the new point passes under (slopes must increase).
-    while (up_tail > up_head) {
-      const bool first = up_tail - 1 == up_head;
-      const double pp = first ? a : up_pos[up_tail - 2], pv = first ? fa : up_val[up_tail - 2];
-      const double qp = up_pos[up_tail - 1], qv = up_val[up_tail - 1];
-      if ((up - pv) * (qp - pp) <= (qv - pv) * (pos - pp)) {
-        --up_tail;
-      } else {
-        break;
-      }
-    }
-    up_pos[up_tail] = pos;
-    up_val[up_tail] = up;
-    ++up_tail;
-    if (!steeper(lo_pos[lo_head], lo_val[lo_head], up_pos[up_head], up_val[up_head])) continue;
-    if (up_pos[up_head] == pos) {
-      // The upper hull collapsed to the new point: bend over the lower hull's vertices until the
-      // lower bound no longer exceeds the slope to the new upper point. The lower hull ends at
-      // the new lower point, which is not steeper, so the loop stops before emptying it.
-      while (lo_pos[lo_head] < pos && steeper(lo_pos[lo_head], lo_val[lo_head], pos, up)) {
-        bend(lo_pos[lo_head], lo_val[lo_head], -1.0);  // before pos <= n: an interior vertex
-        ++lo_head;
-      }
-    } else {
-      while (up_pos[up_head] < pos && steeper(pos, lo, up_pos[up_head], up_val[up_head])) {
-        bend(up_pos[up_head], up_val[up_head], 1.0);
-        ++up_head;
+        while (up_pos[up_head] < pos && steeper(pos, lo, up_pos[up_head], up_val[up_head])) {
+          bend(up_pos[up_head], up_val[up_head], 1.0);
+          ++up_head;
+        }
       }
     }
   }

@@ -270,21 +270,23 @@ __device__ __forceinline__ void row_gap(const T* x, const T* Z, index_t ld, inde
   shift *= unit;
   double tv = 0.0, inner = 0.0, fit = 0.0, scale = 0.0, res_sum = 0.0, z_sum = 0.0;
   TV_PROBE(row_gap_setup);
-  TV_PROBE_LOOP(row_gap);
-  for (index_t k = 0; k < w; ++k) {
-    TV_PROBE_TRIP(row_gap);
-    TV_PROBE_ACCESS(row_gap_z, &z[k]);
-    TV_PROBE_ACCESS(row_gap_x, &x[k]);
-    const double zk = unit * static_cast<double>(z[k]);
-    const double xk = unit * static_cast<double>(x[k]);
-    const double res = xk - zk;
-    if (k + 1 < w) tv += lam1 * fabs(unit * static_cast<double>(z[k + 1]) - zk);
-    if (below) tv += lam0 * fabs(unit * static_cast<double>(z[ld + k]) - zk);
-    inner += (zk - shift) * res;
-    fit += res * res;
-    res_sum += res;
-    z_sum += zk - shift;
-    if (res != 0.0) scale += fabs(zk - shift) * (fabs(xk) + fabs(zk));
+  {  // the loop's probe scope ends with the loop
+    TV_PROBE_LOOP(row_gap);
+    for (index_t k = 0; k < w; ++k) {
+      TV_PROBE_TRIP(row_gap);
+      TV_PROBE_ACCESS(row_gap_z, &z[k]);
+      TV_PROBE_ACCESS(row_gap_x, &x[k]);
+      const double zk = unit * static_cast<double>(z[k]);
+      const double xk = unit * static_cast<double>(x[k]);
+      const double res = xk - zk;
+      if (k + 1 < w) tv += lam1 * fabs(unit * static_cast<double>(z[k + 1]) - zk);
+      if (below) tv += lam0 * fabs(unit * static_cast<double>(z[ld + k]) - zk);
+      inner += (zk - shift) * res;
+      fit += res * res;
+      res_sum += res;
+      z_sum += zk - shift;
+      if (res != 0.0) scale += fabs(zk - shift) * (fabs(xk) + fabs(zk));
+    }
   }
   // X - Z is a feasible dual point D^T u only up to the rounding of the stored W and Z (T's
   // precision), so the inner product is off by up to about eps(T) sum |z - shift| (|x| + |z|)
@@ -585,28 +587,30 @@ __global__ void tv2d_solve(const T* __restrict__ x, T* __restrict__ z, const T* 
   const double unit = tv2d::gap_unit(tv2d::fused_scale(xs, tile.part, h, w));
   __shared__ int stop;
   TV_PROBE(solve_setup);
-  TV_PROBE_LOOP(iteration);
-  for (int t = 0; finite; ++t) {
-    TV_PROBE_TRIP(iteration);
-    if (k < h) {
-      tv2d::row_gap(xs + k * w, f.Z, tile.ld, h, w, k, l0, l1, static_cast<double>(xs[0]), unit,
-                    tile.part + k, blockDim.x);
-    }
-    __syncthreads();
-    if (k == 0) {
-      double total_gap, total_obj;
-      tv2d::slice_gap(tile.part, blockDim.x, h, static_cast<double>(h * w), &total_gap,
-                      &total_obj);
-      stop = tv2d::converged(total_gap, total_obj, tol) || t >= max_iter;
-      if (stop) {
-        n_iter[s] = t;
-        gap[s] = tv2d::relative_gap(total_gap, total_obj);
+  {  // the loop's probe scope ends with the loop
+    TV_PROBE_LOOP(iteration);
+    for (int t = 0; finite; ++t) {
+      TV_PROBE_TRIP(iteration);
+      if (k < h) {
+        tv2d::row_gap(xs + k * w, f.Z, tile.ld, h, w, k, l0, l1, static_cast<double>(xs[0]), unit,
+                      tile.part + k, blockDim.x);
       }
+      __syncthreads();
+      if (k == 0) {
+        double total_gap, total_obj;
+        tv2d::slice_gap(tile.part, blockDim.x, h, static_cast<double>(h * w), &total_gap,
+                        &total_obj);
+        stop = tv2d::converged(total_gap, total_obj, tol) || t >= max_iter;
+        if (stop) {
+          n_iter[s] = t;
+          gap[s] = tv2d::relative_gap(total_gap, total_obj);
+        }
+      }
+      __syncthreads();
+      if (stop) break;
+      tv2d::fused_iteration(xs, f, tile.ld, s, slices, h, w, t, l0, l1, momentum,
+                            static_cast<unsigned int*>(nullptr), 0.0);
     }
-    __syncthreads();
-    if (stop) break;
-    tv2d::fused_iteration(xs, f, tile.ld, s, slices, h, w, t, l0, l1, momentum,
-                          static_cast<unsigned int*>(nullptr), 0.0);
   }
   if (!finite && k == 0) {
     n_iter[s] = 0;

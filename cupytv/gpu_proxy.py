@@ -27,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,9 +90,11 @@ def report(stem: str) -> dict[str, dict]:
     for line in _lib(stem).cupytv_probe_report().decode().splitlines():
         parts = line.split("\t")
         kernel = names[int(parts[1])]
-        entry = out.setdefault(kernel, {"threads": 0.0, "warps": 0.0, "regions": {}})
+        entry = out.setdefault(
+            kernel, {"threads": 0.0, "warps": 0.0, "launches": 0.0, "regions": {}}
+        )
         if parts[0] == "kernel":
-            entry["threads"], entry["warps"] = float(parts[2]), float(parts[3])
+            entry["threads"], entry["warps"], entry["launches"] = map(float, parts[2:5])
         else:
             entry["regions"][parts[2]] = dict(
                 zip(_REPORT_FIELDS, map(float, parts[3:]), strict=True)
@@ -187,3 +190,44 @@ def predicted_us(issued: float, rate: float) -> float:
 def floor_us(nbytes: float) -> float:
     """The memory floor: bytes that must move / HBM bandwidth, in microseconds."""
     return nbytes / HBM_BYTES_PER_S * 1e6
+
+
+# The occupancy rules of sm_90 (CUDA occupancy calculator) and the issue limit per SM.
+MAX_WARPS_PER_SM = 64
+MAX_BLOCKS_PER_SM = 32
+REGISTERS_PER_SM = 65536
+REGISTER_ALLOC_UNIT = 256  # registers per warp are allocated in units of 256
+SHARED_PER_SM = 228 * 1024
+SHARED_RESERVED_PER_BLOCK = 1024
+SCHEDULERS = 4  # one warp-instruction per cycle each
+
+
+def resident_warps(registers: int, warps_per_block: int, shared_per_block: int) -> int:
+    """Warps of one kernel resident on an SM at once: the least of the register, warp, block and
+    shared-memory limits, in whole blocks."""
+    regs_per_warp = math.ceil(registers * WARP / REGISTER_ALLOC_UNIT) * REGISTER_ALLOC_UNIT
+    blocks = min(
+        REGISTERS_PER_SM // (max(regs_per_warp, 1) * warps_per_block),
+        MAX_WARPS_PER_SM // warps_per_block,
+        MAX_BLOCKS_PER_SM,
+        SHARED_PER_SM // (shared_per_block + SHARED_RESERVED_PER_BLOCK),
+    )
+    return warps_per_block * blocks
+
+
+def launch_cycles(
+    issued: float, warps: float, warps_per_block: int, resident: int, latency: float
+) -> float:
+    """Cycles of one launch under a latency-throughput model.
+
+    The blocks spread over min(SMS, blocks) SMs; the busiest SM gets ceil(blocks / SMs) of them.
+    A warp issues one instruction every ``latency`` cycles on average (its dependent chain: FP64
+    and shared-memory latencies, branches), so C concurrent warps issue C / latency per cycle, at
+    most SCHEDULERS; C is the SM's warps, at most ``resident``.
+    """
+    blocks = max(1, math.ceil(warps / warps_per_block))
+    active = min(SMS, blocks)
+    sm_warps = math.ceil(blocks / active) * warps_per_block
+    sm_issued = issued / warps * sm_warps
+    concurrent = min(resident, sm_warps)
+    return sm_issued * max(1 / SCHEDULERS, latency / concurrent)

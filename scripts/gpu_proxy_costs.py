@@ -17,8 +17,11 @@ A function inlined at several call sites leaves several copies in a kernel; nvdi
 every instruction's whole inlining chain, so a copy is the chain of call sites outside the
 region's span, and a region costs the mean over its copies. An unrolled loop holds several trips'
 code in one copy: a trip region's count is divided by how many times its memory instructions
-cover the TV_PROBE_ACCESS hooks of one trip. Instructions outside every span (kernel setup) are reported as ``unattributed`` per
-kernel and charged once per thread.
+cover the TV_PROBE_ACCESS hooks of one trip. Instructions outside every span (kernel setup) are
+reported as ``unattributed`` per kernel and charged once per thread.
+
+Per kernel the table also keeps registers, stack and static shared memory
+(``cuobjdump --dump-resource-usage``): the proxy's occupancy model needs them.
 
 Usage: python scripts/gpu_proxy_costs.py [--check]   (--check: exit 1 when the table is stale:
 the stored hash of cuda_src/ differs; needs no nvcc)
@@ -150,7 +153,27 @@ def disassemble(stem: str, work: Path) -> str:
     out = subprocess.run(
         [tool("nvdisasm"), "-gi", "-c", str(cubin)], check=True, capture_output=True, text=True
     )
-    return out.stdout
+    usage = subprocess.run(
+        [tool("cuobjdump"), "--dump-resource-usage", str(cubin)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return out.stdout, usage.stdout
+
+
+def resources(usage: str) -> dict[str, dict]:
+    """Registers, static shared memory and stack per kernel (cuobjdump --dump-resource-usage)."""
+    found, func = {}, None
+    for line in usage.split("\n"):
+        m = re.match(r"\s*Function (\S+):", line)
+        if m:
+            func = m.group(1)
+            continue
+        m = re.match(r"\s*REG:(\d+) STACK:(\d+) SHARED:(\d+)", line)
+        if m and func:
+            regs, stack, shared = map(int, m.groups())
+            found[func] = {"registers": regs, "stack": stack, "shared_static": shared}
+    names = demangle(list(found))
+    return {names[f].split("(")[0].removeprefix("void "): v for f, v in found.items()}
 
 
 def demangle(names: list[str]) -> dict[str, str]:
@@ -243,14 +266,16 @@ def main() -> int:
             return 1
         print(f"{COSTS_PATH.name} matches cuda_src/ ({current[:12]})")
         return 0
-    missing = [t for t in ("nvcc", "nvdisasm") if tool(t) is None]
+    missing = [t for t in ("nvcc", "nvdisasm", "cuobjdump") if tool(t) is None]
     if missing:
         print(f"gpu_proxy_costs: needs {missing} (pip install nvidia-cuda-nvdisasm)")
         return 1
-    kernels = {}
+    kernels, usage = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for stem in ("tv1d", "tv2d"):
-            kernels.update(kernel_costs(stem, disassemble(stem, Path(tmp))))
+            sass, res = disassemble(stem, Path(tmp))
+            kernels.update(kernel_costs(stem, sass))
+            usage.update(resources(res))
     nvcc_version = subprocess.run([tool("nvcc"), "--version"], capture_output=True, text=True)
     table = {
         "arch": ARCH,
@@ -258,6 +283,7 @@ def main() -> int:
         "nvcc": nvcc_version.stdout.strip().split("\n")[-1],
         "generator": "scripts/gpu_proxy_costs.py",
         "kernels": kernels,
+        "resources": usage,
     }
     COSTS_PATH.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
     print(f"wrote {COSTS_PATH} ({len(kernels)} kernels)")

@@ -155,7 +155,7 @@ def host_source(source: str, name_expressions: tuple[str, ...], probe: bool = Fa
         )
         lines.append(
             f"{export} void cupytv_launch_{i}(const ::cupytv_host::LaunchConfig* cfg, void** args)"
-            f" {{ {f'::cupytv_probe::g_kernel = {i}; ' if probe else ''}"
+            f" {{ {f'::cupytv_probe::start_launch({i}); ' if probe else ''}"
             f"::cupytv_host::launch<&{expr}>(&{expr}, cfg, args); }}"
         )
     return "\n".join(lines) + "\n"

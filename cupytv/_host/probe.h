@@ -58,7 +58,14 @@ inline std::vector<std::string> g_names;
 inline int g_kernel = 0;
 // (kernel, region) -> totals; also threads and warps seen per kernel.
 inline std::unordered_map<std::uint64_t, Totals> g_totals;
-inline std::unordered_map<int, double> g_threads, g_warps;
+inline std::unordered_map<int, double> g_threads, g_warps, g_launches;
+
+// Called by each generated launcher of a probe build (cupytv/_host/build.py).
+inline void start_launch(int kernel) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_kernel = kernel;
+  g_launches[kernel] += 1;
+}
 
 inline int intern(const char* name) {
   std::lock_guard<std::mutex> lock(g_mutex);
@@ -262,7 +269,8 @@ extern "C" __attribute__((visibility("default"))) const char* cupytv_probe_repor
   out.clear();
   char line[512];
   for (const auto& [k, n] : g_threads) {
-    std::snprintf(line, sizeof line, "kernel\t%d\t%.17g\t%.17g\n", k, n, g_warps[k]);
+    std::snprintf(line, sizeof line, "kernel\t%d\t%.17g\t%.17g\t%.17g\n", k, n, g_warps[k],
+                  g_launches[k]);
     out += line;
   }
   for (const auto& [key, t] : g_totals) {
@@ -285,4 +293,5 @@ extern "C" __attribute__((visibility("default"))) void cupytv_probe_reset() {
   g_totals.clear();
   g_threads.clear();
   g_warps.clear();
+  g_launches.clear();
 }
