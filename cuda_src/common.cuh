@@ -5,6 +5,39 @@
 // CuPy's cache key (the source string) changes whenever this file does.
 #pragma once
 
+// Cost hooks for the warp-lockstep proxy (issue 17; cupytv/_host/probe.h, cupytv/gpu_proxy.py).
+// They expand to nothing unless the host executor is built with -DCUPYTV_PROBE (the loader's probe
+// mode), so NVRTC and normal host builds compile exactly the code without them. A region is named
+// by the hook; scripts/gpu_proxy_costs.py prices it from the sm_90 SASS of the source lines the
+// hook's enclosing block spans (from the loop header when the hook opens a loop body).
+//   TV_PROBE(name)             the region ran once
+//   TV_PROBE_N(name, n)        the region ran n times (an inner loop: a warp pays its longest lane)
+//   TV_PROBE_LOOP(name)        a loop's extent, to the end of the enclosing scope (so code that
+//                              follows a loop needs the hook and the loop in a scope of their
+//                              own, or it counts as part of each lane's last trip)
+//   TV_PROBE_TRIP(name)        one trip of that loop (trips are aligned across a warp's lanes)
+//   TV_PROBE_ACCESS(name, p)   a load or store of *p (shared-memory banks, global sectors)
+#if defined(CUPYTV_PROBE) && !defined(__CUDACC__)
+#define TV_PROBE_ID_(name) ([] {                                   \
+  static const int cupytv_probe_id = ::cupytv_probe::intern(#name); \
+  return cupytv_probe_id;                                          \
+}())
+#define TV_PROBE(name) ::cupytv_probe::record(::cupytv_probe::kHit, TV_PROBE_ID_(name), 0)
+#define TV_PROBE_N(name, n)                                       \
+  ::cupytv_probe::record(::cupytv_probe::kCount, TV_PROBE_ID_(name), \
+                         static_cast<unsigned long long>(n))
+#define TV_PROBE_LOOP(name) ::cupytv_probe::Loop cupytv_probe_loop_##name(TV_PROBE_ID_(name))
+#define TV_PROBE_TRIP(name) ::cupytv_probe::record(::cupytv_probe::kTrip, TV_PROBE_ID_(name), 0)
+#define TV_PROBE_ACCESS(name, p) \
+  ::cupytv_probe::access(TV_PROBE_ID_(name), (p), sizeof(*(p)))
+#else
+#define TV_PROBE(name)
+#define TV_PROBE_N(name, n)
+#define TV_PROBE_LOOP(name)
+#define TV_PROBE_TRIP(name)
+#define TV_PROBE_ACCESS(name, p)
+#endif
+
 namespace cupytv {
 
 // Sizes, strides and indices are 64-bit everywhere: tensors may hold more than 2^31 elements.

@@ -125,6 +125,7 @@ __device__ __forceinline__ bool tile_fits(index_t n, index_t inner) {
 template <typename T>
 __device__ void condat_in_place(T* row, const T* source, index_t source_stride, index_t n, T lam,
                                 T* scratch) {
+  TV_PROBE(in_place_setup);
   if (trivial_fiber(row, 1, row, 1, n, lam)) return;
   const bool guarded = n > TV1D_GUARD_MIN_N;
   const index_t budget = guarded ? TV1D_CONDAT_WORK_PER_SAMPLE * n : n * n + 2 * n;
@@ -142,6 +143,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ x, T* __restrict__
                                         const T* __restrict__ lam, index_t lam_stride_outer,
                                         index_t lam_stride_inner, index_t outer, index_t n,
                                         index_t inner, T* __restrict__ scratch) {
+  TV_PROBE(forward_setup);
   const index_t fibers = outer * inner;
   const index_t first = cupytv::block_start_x();
   const index_t f = first + threadIdx.x;
@@ -149,6 +151,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ x, T* __restrict__
       kMethod == kCondat ? condat_scratch<T>(n) : taut_string_scratch<T>(n);
   T* const ws = scratch + (f < fibers ? f : 0) * per_fiber;
   if (kStage && tile_fits<T>(n, inner)) {
+    TV_PROBE(staged);
     // Coalesced load of the block's fibers, solve in the tile, coalesced store. Every thread
     // reaches both barriers; threads past the last fiber only help move data.
     extern __shared__ __align__(16) unsigned char tv1d_shared_raw[];
@@ -161,11 +164,18 @@ __device__ __forceinline__ void forward(const T* __restrict__ x, T* __restrict__
     const unsigned int total = count * len;
     const T* src = x + first * n;
     T* dst = y + first * n;
-    for (unsigned int e = threadIdx.x; e < total; e += blockDim.x) {
-      tile[(e / len) * row + e % len] = src[e];
+    {  // the loop's probe scope ends with the loop
+      TV_PROBE_LOOP(stage_in);
+      for (unsigned int e = threadIdx.x; e < total; e += blockDim.x) {
+        TV_PROBE_TRIP(stage_in);
+        TV_PROBE_ACCESS(stage_in_global, &src[e]);
+        TV_PROBE_ACCESS(stage_in_shared, &tile[(e / len) * row + e % len]);
+        tile[(e / len) * row + e % len] = src[e];
+      }
     }
     __syncthreads();
     if (threadIdx.x < count) {
+      TV_PROBE(staged_solve);
       const T lam_f = lam[f * lam_stride_outer];  // inner == 1: fiber f is (o = f, i = 0)
       T* mine = tile + threadIdx.x * row;
       if (kMethod == kCondat) {
@@ -175,8 +185,14 @@ __device__ __forceinline__ void forward(const T* __restrict__ x, T* __restrict__
       }
     }
     __syncthreads();
-    for (unsigned int e = threadIdx.x; e < total; e += blockDim.x) {
-      dst[e] = tile[(e / len) * row + e % len];
+    {  // the loop's probe scope ends with the loop
+      TV_PROBE_LOOP(stage_out);
+      for (unsigned int e = threadIdx.x; e < total; e += blockDim.x) {
+        TV_PROBE_TRIP(stage_out);
+        TV_PROBE_ACCESS(stage_out_shared, &tile[(e / len) * row + e % len]);
+        TV_PROBE_ACCESS(stage_out_global, &dst[e]);
+        dst[e] = tile[(e / len) * row + e % len];
+      }
     }
     return;
   }
@@ -188,12 +204,16 @@ __device__ __forceinline__ void forward(const T* __restrict__ x, T* __restrict__
   if (kMethod == kCondat) {
     // A literal stride for contiguous fibers lets the compiler drop the index multiplications
     // from the scan (the host executor's main case; the strided call keeps the general form).
+    TV_PROBE(unstaged_condat);
     if (inner == 1) {
+      TV_PROBE(unstaged_contiguous);
       tv1d_condat_fiber(x + base, 1, y + base, 1, n, lam_f, ws);
     } else {
+      TV_PROBE(unstaged_strided);
       tv1d_condat_fiber(x + base, inner, y + base, inner, n, lam_f, ws);
     }
   } else {
+    TV_PROBE(unstaged_taut_string);
     tv1d_taut_string_fiber(x + base, inner, y + base, inner, n, lam_f, ws);
   }
 }
@@ -230,25 +250,37 @@ __device__ __forceinline__ T vjp_fiber(const T* yf, const T* gf, T* gx, index_t 
   bool has_nan = false;
   double s_in = 0.0;  // sign of the jump into the current segment
   index_t start = 0;
-  while (start < n) {
-    const T v = yf[start * s];
-    has_nan |= !(fabs(static_cast<double>(v)) <= TV1D_DOUBLE_MAX);  // NaN or +-Inf
-    double sum = static_cast<double>(gf[start * s]);
-    index_t end = start + 1;
-    T after = v;
-    for (; end < n; ++end) {
-      after = yf[end * s];
-      // Written so that NaN (and Inf - Inf) ends the segment: the next segment's start is then
-      // the non-finite sample, which the test above catches (a NaN inside a run was merged).
-      if (!(fabs(static_cast<double>(after) - static_cast<double>(v)) <= tiny)) break;
-      sum += static_cast<double>(gf[end * s]);
+  TV_PROBE(vjp_setup);
+  {  // the loop's probe scope ends with the loop
+    TV_PROBE_LOOP(vjp_segment);
+    while (start < n) {
+      TV_PROBE_TRIP(vjp_segment);
+      TV_PROBE_ACCESS(vjp_y, &yf[start * s]);
+      const T v = yf[start * s];
+      has_nan |= !(fabs(static_cast<double>(v)) <= TV1D_DOUBLE_MAX);  // NaN or +-Inf
+      double sum = static_cast<double>(gf[start * s]);
+      index_t end = start + 1;
+      T after = v;
+      {  // the loop's probe scope ends with the loop
+        TV_PROBE_LOOP(vjp_run);
+        for (; end < n; ++end) {
+          TV_PROBE_TRIP(vjp_run);
+          TV_PROBE_ACCESS(vjp_y, &yf[end * s]);
+          TV_PROBE_ACCESS(vjp_g, &gf[end * s]);
+          after = yf[end * s];
+          // Written so that NaN (and Inf - Inf) ends the segment: the next segment's start is then
+          // the non-finite sample, which the test above catches (a NaN inside a run was merged).
+          if (!(fabs(static_cast<double>(after) - static_cast<double>(v)) <= tiny)) break;
+          sum += static_cast<double>(gf[end * s]);
+        }
+      }
+      const double mean = sum / static_cast<double>(end - start);
+      fill(gx, s, start, end, static_cast<T>(mean));
+      const double s_out = end < n ? static_cast<double>((after > v) - (after < v)) : 0.0;
+      glam += (s_out - s_in) * mean;
+      s_in = s_out;
+      start = end;
     }
-    const double mean = sum / static_cast<double>(end - start);
-    fill(gx, s, start, end, static_cast<T>(mean));
-    const double s_out = end < n ? static_cast<double>((after > v) - (after < v)) : 0.0;
-    glam += (s_out - s_in) * mean;
-    s_in = s_out;
-    start = end;
   }
   if (has_nan) {
     fill(gx, s, 0, n, static_cast<T>(quiet_nan()));
@@ -265,6 +297,7 @@ __global__ void __launch_bounds__(TV1D_BLOCK)
              T* __restrict__ grad_lam, cupytv::index_t outer, cupytv::index_t n,
              cupytv::index_t inner, double tiny) {
   using cupytv::index_t;
+  TV_PROBE(vjp_kernel);
   const index_t f = cupytv::block_start_x() + threadIdx.x;
   if (f >= outer * inner) return;
   const index_t o = f / inner;

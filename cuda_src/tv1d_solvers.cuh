@@ -53,7 +53,10 @@ __host__ __device__ __forceinline__ index_t condat_scratch(index_t n) {
 template <typename T>
 __device__ __forceinline__ bool fiber_is_finite(const T* x, index_t sx, index_t n) {
   bool finite = true;
+  TV_PROBE_LOOP(finite_check);
   for (index_t k = 0; k < n; ++k) {
+    TV_PROBE_TRIP(finite_check);
+    TV_PROBE_ACCESS(finite_check, &x[k * sx]);
     finite &= fabs(static_cast<double>(x[k * sx])) <= TV1D_DOUBLE_MAX;
   }
   return finite;
@@ -61,12 +64,22 @@ __device__ __forceinline__ bool fiber_is_finite(const T* x, index_t sx, index_t 
 
 template <typename T>
 __device__ __forceinline__ void fill(T* y, index_t sy, index_t begin, index_t end, T value) {
-  for (index_t k = begin; k < end; ++k) y[k * sy] = value;
+  TV_PROBE_LOOP(fill);
+  for (index_t k = begin; k < end; ++k) {
+    TV_PROBE_TRIP(fill);
+    TV_PROBE_ACCESS(fill, &y[k * sy]);
+    y[k * sy] = value;
+  }
 }
 
 template <typename T>
 __device__ __forceinline__ void copy(const T* x, index_t sx, T* y, index_t sy, index_t n) {
-  for (index_t k = 0; k < n; ++k) y[k * sy] = x[k * sx];
+  TV_PROBE_LOOP(copy);
+  for (index_t k = 0; k < n; ++k) {
+    TV_PROBE_TRIP(copy);
+    TV_PROBE_ACCESS(copy, &y[k * sy]);
+    y[k * sy] = x[k * sx];
+  }
 }
 
 // The cases every method shares. Returns true when the fiber is done: non-finite input (all NaN
@@ -115,6 +128,7 @@ __device__ __forceinline__ bool trivial_fiber(const T* x, index_t sx, T* y, inde
 template <typename T>
 __device__ bool condat_scan(const T* x, index_t sx, T* y, index_t sy, index_t n, T lam_t,
                             index_t budget) {
+  TV_PROBE(scan_setup);
   const double lam = lam_t;
   index_t k0 = 0, k = 0, kmin = 0, kmax = 0;
   double ub = 0.0;  // u_{k0-1}: 0 at the fiber start, +lam after a jump down, -lam after one up
@@ -156,46 +170,59 @@ __device__ bool condat_scan(const T* x, index_t sx, T* y, index_t sy, index_t n,
     if (last + 1 >= n) return true;                                                         \
     k0 = k = kmin = kmax = last + 1;                                                        \
     ub = (down) ? lam : -lam;                                                               \
+    TV_PROBE_ACCESS(scan_restart, &x[k0 * sx]);                                             \
     sum = smin = smax = static_cast<double>(x[k0 * sx]);                                    \
     vmin = sum + ub - lam;                                                                  \
     vmax = sum + ub + lam;                                                                  \
     umin = lam;                                                                             \
     umax = -lam;                                                                            \
   }
+  TV_PROBE_LOOP(scan);
   for (index_t step = 0; step < budget; ++step) {
+    TV_PROBE_TRIP(scan);
     if (k == n - 1) {
       // End of the fiber: u_{n-1} must be 0.
+      TV_PROBE(scan_end);
       if (umin < 0.0) {
+        TV_PROBE(scan_end_down);
         TV1D_JUMP(true);
       } else if (umax > 0.0) {
+        TV_PROBE(scan_end_up);
         TV1D_JUMP(false);
       } else {
+        TV_PROBE(scan_last);
         const double value = settle(k0, n, sum, (sum + ub) / static_cast<double>(n - k0));
         fill(y, sy, k0, n, static_cast<T>(value));
         return true;
       }
       continue;
     }
+    TV_PROBE_ACCESS(scan_next, &x[(k + 1) * sx]);
     const double next = static_cast<double>(x[(k + 1) * sx]);
     const double umin_next = umin + next - vmin;
     const double umax_next = umax + next - vmax;
     if (umin_next < -lam) {
+      TV_PROBE(jump_down);
       TV1D_JUMP(true);
     } else if (umax_next > lam) {
+      TV_PROBE(jump_up);
       TV1D_JUMP(false);
     } else {
+      TV_PROBE(step);
       ++k;
       sum += next;
       umin = umin_next;
       umax = umax_next;
       const double len = static_cast<double>(k - k0 + 1);
       if (umin >= lam) {
+        TV_PROBE(tighten_min);
         vmin += (umin - lam) / len;
         umin = lam;
         kmin = k;
         smin = sum;
       }
       if (umax <= -lam) {
+        TV_PROBE(tighten_max);
         vmax += (umax + lam) / len;
         umax = -lam;
         kmax = k;
@@ -220,6 +247,7 @@ __device__ bool condat_scan(const T* x, index_t sx, T* y, index_t sy, index_t n,
 template <typename T>
 __device__ void taut_string_solve(const T* x, index_t sx, T* y, index_t sy, index_t n, T lam_t,
                                   double* ws) {
+  TV_PROBE(taut_string_setup);
   const double lam = lam_t;
   double* lo_pos = ws;
   double* lo_val = ws + (n + 1);
@@ -273,52 +301,56 @@ __device__ void taut_string_solve(const T* x, index_t sx, T* y, index_t sy, inde
   auto steeper = [&](double p1, double v1, double p2, double v2) {
     return (v1 - fa) * (p2 - a) > (v2 - fa) * (p1 - a);
   };
-  for (index_t p = 1; p <= n; ++p) {
-    sum += static_cast<double>(x[(p - 1) * sx]);
-    const double pos = static_cast<double>(p);
-    const double lo = p < n ? sum - lam : sum;
-    const double up = p < n ? sum + lam : sum;
-    // Concave lower hull: drop vertices the new point sees over (slopes must decrease).
-    while (lo_tail > lo_head) {
-      const bool first = lo_tail - 1 == lo_head;
-      const double pp = first ? a : lo_pos[lo_tail - 2], pv = first ? fa : lo_val[lo_tail - 2];
-      const double lp = lo_pos[lo_tail - 1], lv = lo_val[lo_tail - 1];
-      if ((lo - pv) * (lp - pp) >= (lv - pv) * (pos - pp)) {
-        --lo_tail;
+  {  // the loop's probe scope ends with the loop
+    TV_PROBE_LOOP(taut_string);
+    for (index_t p = 1; p <= n; ++p) {
+      TV_PROBE_TRIP(taut_string);
+      sum += static_cast<double>(x[(p - 1) * sx]);
+      const double pos = static_cast<double>(p);
+      const double lo = p < n ? sum - lam : sum;
+      const double up = p < n ? sum + lam : sum;
+      // Concave lower hull: drop vertices the new point sees over (slopes must decrease).
+      while (lo_tail > lo_head) {
+        const bool first = lo_tail - 1 == lo_head;
+        const double pp = first ? a : lo_pos[lo_tail - 2], pv = first ? fa : lo_val[lo_tail - 2];
+        const double lp = lo_pos[lo_tail - 1], lv = lo_val[lo_tail - 1];
+        if ((lo - pv) * (lp - pp) >= (lv - pv) * (pos - pp)) {
+          --lo_tail;
+        } else {
+          break;
+        }
+      }
+      lo_pos[lo_tail] = pos;
+      lo_val[lo_tail] = lo;
+      ++lo_tail;
+      // Convex upper hull: drop vertices the new point passes under (slopes must increase).
+      while (up_tail > up_head) {
+        const bool first = up_tail - 1 == up_head;
+        const double pp = first ? a : up_pos[up_tail - 2], pv = first ? fa : up_val[up_tail - 2];
+        const double qp = up_pos[up_tail - 1], qv = up_val[up_tail - 1];
+        if ((up - pv) * (qp - pp) <= (qv - pv) * (pos - pp)) {
+          --up_tail;
+        } else {
+          break;
+        }
+      }
+      up_pos[up_tail] = pos;
+      up_val[up_tail] = up;
+      ++up_tail;
+      if (!steeper(lo_pos[lo_head], lo_val[lo_head], up_pos[up_head], up_val[up_head])) continue;
+      if (up_pos[up_head] == pos) {
+        // The upper hull collapsed to the new point: bend over the lower hull's vertices until the
+        // lower bound no longer exceeds the slope to the new upper point. The lower hull ends at
+        // the new lower point, which is not steeper, so the loop stops before emptying it.
+        while (lo_pos[lo_head] < pos && steeper(lo_pos[lo_head], lo_val[lo_head], pos, up)) {
+          bend(lo_pos[lo_head], lo_val[lo_head], -1.0);  // before pos <= n: an interior vertex
+          ++lo_head;
+        }
       } else {
-        break;
-      }
-    }
-    lo_pos[lo_tail] = pos;
-    lo_val[lo_tail] = lo;
-    ++lo_tail;
-    // Convex upper hull: drop vertices the new point passes under (slopes must increase).
-    while (up_tail > up_head) {
-      const bool first = up_tail - 1 == up_head;
-      const double pp = first ? a : up_pos[up_tail - 2], pv = first ? fa : up_val[up_tail - 2];
-      const double qp = up_pos[up_tail - 1], qv = up_val[up_tail - 1];
-      if ((up - pv) * (qp - pp) <= (qv - pv) * (pos - pp)) {
-        --up_tail;
-      } else {
-        break;
-      }
-    }
-    up_pos[up_tail] = pos;
-    up_val[up_tail] = up;
-    ++up_tail;
-    if (!steeper(lo_pos[lo_head], lo_val[lo_head], up_pos[up_head], up_val[up_head])) continue;
-    if (up_pos[up_head] == pos) {
-      // The upper hull collapsed to the new point: bend over the lower hull's vertices until the
-      // lower bound no longer exceeds the slope to the new upper point. The lower hull ends at
-      // the new lower point, which is not steeper, so the loop stops before emptying it.
-      while (lo_pos[lo_head] < pos && steeper(lo_pos[lo_head], lo_val[lo_head], pos, up)) {
-        bend(lo_pos[lo_head], lo_val[lo_head], -1.0);  // before pos <= n: an interior vertex
-        ++lo_head;
-      }
-    } else {
-      while (up_pos[up_head] < pos && steeper(pos, lo, up_pos[up_head], up_val[up_head])) {
-        bend(up_pos[up_head], up_val[up_head], 1.0);
-        ++up_head;
+        while (up_pos[up_head] < pos && steeper(pos, lo, up_pos[up_head], up_val[up_head])) {
+          bend(up_pos[up_head], up_val[up_head], 1.0);
+          ++up_head;
+        }
       }
     }
   }
@@ -333,6 +365,7 @@ __device__ void taut_string_solve(const T* x, index_t sx, T* y, index_t sy, inde
 template <typename T>
 __device__ void tv1d_condat_fiber(const T* x, cupytv::index_t stride_x, T* y,
                                   cupytv::index_t stride_y, cupytv::index_t n, T lam, T* scratch) {
+  TV_PROBE(condat_fiber);
   if (tv1d::trivial_fiber(x, stride_x, y, stride_y, n, lam)) return;
   const bool guarded = n > TV1D_GUARD_MIN_N;
   // Unguarded fibers get a budget their worst case cannot reach (each restart finalises at least

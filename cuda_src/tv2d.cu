@@ -269,17 +269,24 @@ __device__ __forceinline__ void row_gap(const T* x, const T* Z, index_t ld, inde
   lam1 *= unit;
   shift *= unit;
   double tv = 0.0, inner = 0.0, fit = 0.0, scale = 0.0, res_sum = 0.0, z_sum = 0.0;
-  for (index_t k = 0; k < w; ++k) {
-    const double zk = unit * static_cast<double>(z[k]);
-    const double xk = unit * static_cast<double>(x[k]);
-    const double res = xk - zk;
-    if (k + 1 < w) tv += lam1 * fabs(unit * static_cast<double>(z[k + 1]) - zk);
-    if (below) tv += lam0 * fabs(unit * static_cast<double>(z[ld + k]) - zk);
-    inner += (zk - shift) * res;
-    fit += res * res;
-    res_sum += res;
-    z_sum += zk - shift;
-    if (res != 0.0) scale += fabs(zk - shift) * (fabs(xk) + fabs(zk));
+  TV_PROBE(row_gap_setup);
+  {  // the loop's probe scope ends with the loop
+    TV_PROBE_LOOP(row_gap);
+    for (index_t k = 0; k < w; ++k) {
+      TV_PROBE_TRIP(row_gap);
+      TV_PROBE_ACCESS(row_gap_z, &z[k]);
+      TV_PROBE_ACCESS(row_gap_x, &x[k]);
+      const double zk = unit * static_cast<double>(z[k]);
+      const double xk = unit * static_cast<double>(x[k]);
+      const double res = xk - zk;
+      if (k + 1 < w) tv += lam1 * fabs(unit * static_cast<double>(z[k + 1]) - zk);
+      if (below) tv += lam0 * fabs(unit * static_cast<double>(z[ld + k]) - zk);
+      inner += (zk - shift) * res;
+      fit += res * res;
+      res_sum += res;
+      z_sum += zk - shift;
+      if (res != 0.0) scale += fabs(zk - shift) * (fabs(xk) + fabs(zk));
+    }
   }
   // X - Z is a feasible dual point D^T u only up to the rounding of the stored W and Z (T's
   // precision), so the inner product is off by up to about eps(T) sum |z - shift| (|x| + |z|)
@@ -326,10 +333,27 @@ __device__ __forceinline__ void row_prox(const T* x, const T* Ub, T* W, T* Z, in
   const T* ub = Ub + r * ld;
   T* wr = W + r * ld;
   T* v = Z + r * ld;
-  for (index_t k = 0; k < w; ++k) v[k] = x[k] - ub[k];
+  TV_PROBE(row_prox);
+  {
+    TV_PROBE_LOOP(row_in);
+    for (index_t k = 0; k < w; ++k) {
+      TV_PROBE_TRIP(row_in);
+      TV_PROBE_ACCESS(row_in_x, &x[k]);
+      TV_PROBE_ACCESS(row_in_ub, &ub[k]);
+      TV_PROBE_ACCESS(row_in_v, &v[k]);
+      v[k] = x[k] - ub[k];
+    }
+  }
   tv1d_condat_fiber(static_cast<const T*>(v), 1, wr, 1, w, lam1, scratch);
   if (words != nullptr) record_jumps(static_cast<const T*>(wr), 1, w, words, ws, tiny);
-  for (index_t k = 0; k < w; ++k) wr[k] += ub[k];
+  TV_PROBE_LOOP(row_out);
+  for (index_t k = 0; k < w; ++k) {
+    TV_PROBE_TRIP(row_out);
+    TV_PROBE_ACCESS(row_out_w, &wr[k]);
+    TV_PROBE_ACCESS(row_out_ub, &ub[k]);
+    TV_PROBE_ACCESS(row_out_w, &wr[k]);
+    wr[k] += ub[k];
+  }
 }
 
 // Column half for column c: Z_c := prox_lam0(W_c) (jumps recorded), Un = W - Z, and the momentum
@@ -344,7 +368,13 @@ __device__ __forceinline__ void col_prox(T* Ub, T* U, const T* W, T* Z, index_t 
   tv1d_condat_fiber(wc, ld, zc, ld, h, lam0, scratch);
   if (words != nullptr) record_jumps(static_cast<const T*>(zc), ld, h, words, ws, tiny);
   const T b = static_cast<T>(beta);
+  TV_PROBE(col_prox);
+  TV_PROBE_LOOP(col_out);
   for (index_t k = 0; k < h; ++k) {
+    TV_PROBE_TRIP(col_out);
+    TV_PROBE_ACCESS(col_out_w, &wc[k * ld]);
+    TV_PROBE_ACCESS(col_out_z, &zc[k * ld]);
+    TV_PROBE_ACCESS(col_out_ub, &Ub[c + k * ld]);
     const T un = wc[k * ld] - zc[k * ld];
     if (momentum) {
       Ub[c + k * ld] = un + b * (un - U[c + k * ld]);
@@ -441,8 +471,11 @@ __device__ __forceinline__ FusedTile<T> fused_tile(index_t h, index_t w, int mom
 // Set the padded arrays from global slice `src` (or 0 when src is null); all threads.
 template <typename T>
 __device__ __forceinline__ void fused_fill(T* dst, const T* src, index_t ld, index_t h, index_t w) {
+  TV_PROBE_LOOP(fused_fill);
   for (index_t e = threadIdx.x; e < h * w; e += blockDim.x) {
+    TV_PROBE_TRIP(fused_fill);
     const index_t i = e / w;
+    TV_PROBE_ACCESS(fused_fill, &dst[i * ld + (e - i * w)]);
     dst[i * ld + (e - i * w)] = src != nullptr ? src[e] : T(0);
   }
 }
@@ -451,8 +484,12 @@ template <typename T>
 __device__ __forceinline__ void fused_store(T* dst, const T* src, index_t ld, index_t h, index_t w,
                                             bool finite) {
   const T nan = static_cast<T>(tv1d::quiet_nan());
+  TV_PROBE_LOOP(fused_store);
   for (index_t e = threadIdx.x; e < h * w; e += blockDim.x) {
+    TV_PROBE_TRIP(fused_store);
     const index_t i = e / w;
+    TV_PROBE_ACCESS(fused_store_shared, &src[i * ld + (e - i * w)]);
+    TV_PROBE_ACCESS(fused_store_global, &dst[e]);
     dst[e] = finite ? src[i * ld + (e - i * w)] : nan;
   }
 }
@@ -549,26 +586,31 @@ __global__ void tv2d_solve(const T* __restrict__ x, T* __restrict__ z, const T* 
   const bool finite = tv2d::fused_finite(xs, tile.part, h, w);
   const double unit = tv2d::gap_unit(tv2d::fused_scale(xs, tile.part, h, w));
   __shared__ int stop;
-  for (int t = 0; finite; ++t) {
-    if (k < h) {
-      tv2d::row_gap(xs + k * w, f.Z, tile.ld, h, w, k, l0, l1, static_cast<double>(xs[0]), unit,
-                    tile.part + k, blockDim.x);
-    }
-    __syncthreads();
-    if (k == 0) {
-      double total_gap, total_obj;
-      tv2d::slice_gap(tile.part, blockDim.x, h, static_cast<double>(h * w), &total_gap,
-                      &total_obj);
-      stop = tv2d::converged(total_gap, total_obj, tol) || t >= max_iter;
-      if (stop) {
-        n_iter[s] = t;
-        gap[s] = tv2d::relative_gap(total_gap, total_obj);
+  TV_PROBE(solve_setup);
+  {  // the loop's probe scope ends with the loop
+    TV_PROBE_LOOP(iteration);
+    for (int t = 0; finite; ++t) {
+      TV_PROBE_TRIP(iteration);
+      if (k < h) {
+        tv2d::row_gap(xs + k * w, f.Z, tile.ld, h, w, k, l0, l1, static_cast<double>(xs[0]), unit,
+                      tile.part + k, blockDim.x);
       }
+      __syncthreads();
+      if (k == 0) {
+        double total_gap, total_obj;
+        tv2d::slice_gap(tile.part, blockDim.x, h, static_cast<double>(h * w), &total_gap,
+                        &total_obj);
+        stop = tv2d::converged(total_gap, total_obj, tol) || t >= max_iter;
+        if (stop) {
+          n_iter[s] = t;
+          gap[s] = tv2d::relative_gap(total_gap, total_obj);
+        }
+      }
+      __syncthreads();
+      if (stop) break;
+      tv2d::fused_iteration(xs, f, tile.ld, s, slices, h, w, t, l0, l1, momentum,
+                            static_cast<unsigned int*>(nullptr), 0.0);
     }
-    __syncthreads();
-    if (stop) break;
-    tv2d::fused_iteration(xs, f, tile.ld, s, slices, h, w, t, l0, l1, momentum,
-                          static_cast<unsigned int*>(nullptr), 0.0);
   }
   if (!finite && k == 0) {
     n_iter[s] = 0;

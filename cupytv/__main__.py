@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
     bench.add_argument(
         "--suite", nargs="+", metavar="NAME",
-        help="only these suites (tv1d, tv2d, torch, host_executor, timing_table; default: all)",
+        help="only these suites (tv1d, tv2d, torch, host_executor, threads, timing_table, "
+        "gpu_proxy; default: all)",
     )  # fmt: skip
     bench.add_argument(
         "--out", type=Path, default=Path("cupytv_bench"),

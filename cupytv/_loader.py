@@ -20,13 +20,15 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 
 from cupytv._host import HostModule
-from cupytv._host.build import sanitize_enabled
+from cupytv._host.build import PROBE_DEFINE, sanitize_enabled
 from cupytv._validation import is_cupy_array
 
 # Options every NVRTC compilation of a cuda_src/ file gets; cupy.RawModule adds -arch and
@@ -115,8 +117,30 @@ def _cupy_module(stem: str, device_id: int):
 
 
 @cache
-def _host_module(stem: str, sanitize: bool) -> HostModule:
-    return HostModule(source(stem), instantiations(stem), sanitize=sanitize)
+def _host_module(stem: str, sanitize: bool, probe: bool = False) -> HostModule:
+    defines = (PROBE_DEFINE,) if probe else ()
+    return HostModule(source(stem), instantiations(stem), defines=defines, sanitize=sanitize)
+
+
+# Whether host launches use the probe builds (cupytv/gpu_proxy.py); a process-wide switch, as the
+# proxy runs one wrapper call at a time.
+_probe_on = False
+
+
+@contextmanager
+def probe_mode() -> Iterator[None]:
+    """Run host launches on the warp-lockstep probe builds (-DCUPYTV_PROBE) inside the block."""
+    global _probe_on
+    before, _probe_on = _probe_on, True
+    try:
+        yield
+    finally:
+        _probe_on = before
+
+
+def probe_module(stem: str) -> HostModule:
+    """The probe build of ``cuda_src/<stem>.cu`` (its library exports the probe's report)."""
+    return _host_module(stem, False, True)
 
 
 def get_kernel(stem: str, name_expression: str, like):
@@ -131,6 +155,8 @@ def get_kernel(stem: str, name_expression: str, like):
             f"{stem}.cu does not instantiate {name_expression!r}; it has {instantiations(stem)}"
         )
     if isinstance(like, np.ndarray):
+        if _probe_on:
+            return probe_module(stem).get_function(name_expression)
         return _host_module(stem, sanitize_enabled()).get_function(name_expression)
     if is_cupy_array(like):
         with like.device:

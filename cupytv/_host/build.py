@@ -26,6 +26,9 @@ SANITIZE_ENV = "CUPYTV_HOST_SANITIZE"
 COMPILERS = ("g++", "c++", "clang++")
 
 _HEADER = Path(__file__).with_name("cuda_host.h")
+# The warp-lockstep probe runtime, compiled in only with this define (cupytv/gpu_proxy.py).
+PROBE_DEFINE = "-DCUPYTV_PROBE"
+_PROBE_HEADER = Path(__file__).with_name("probe.h")
 
 # -O2 as a release build (-O3 measured no faster, the 2D fused kernel 4-7% slower: the kernels
 # are scalar loops with data-dependent branches; benchmarks/NOTES.md); C++20 for std::atomic_ref
@@ -173,11 +176,16 @@ def rewrite_extern_shared(source: str) -> str:
     return _EXTERN_SHARED.sub(replace, source)
 
 
-def host_source(source: str, name_expressions: tuple[str, ...]) -> str:
-    """The complete translation unit: compatibility header, kernels, generated launchers."""
+def host_source(source: str, name_expressions: tuple[str, ...], probe: bool = False) -> str:
+    """The complete translation unit: compatibility header, kernels, generated launchers.
+
+    ``probe``: a probe build (the -DCUPYTV_PROBE define): probe.h follows the header and each
+    launcher tells the probe which kernel runs.
+    """
     lines = [
         # The header is the main file here, where `#pragma once` only draws a warning.
         _HEADER.read_text().replace("#pragma once", "", 1),
+        *([_PROBE_HEADER.read_text().replace("#pragma once", "", 1)] if probe else []),
         '#line 1 "kernel.cu"',
         rewrite_extern_shared(source),
         '#line 1 "cupytv_generated_launchers"',
@@ -191,7 +199,8 @@ def host_source(source: str, name_expressions: tuple[str, ...]) -> str:
         )
         lines.append(
             f"{export} void cupytv_launch_{i}(const ::cupytv_host::LaunchConfig* cfg, void** args)"
-            f" {{ ::cupytv_host::launch<&{expr}>(&{expr}, cfg, args); }}"
+            f" {{ {f'::cupytv_probe::start_launch({i}); ' if probe else ''}"
+            f"::cupytv_host::launch<&{expr}>(&{expr}, cfg, args); }}"
         )
     return "\n".join(lines) + "\n"
 
@@ -212,7 +221,7 @@ def compile_library(
     """Build (or find in the cache) the shared library for these kernels; returns its path."""
     compiler = tuple(find_compiler())
     flags = compile_flags(compiler, sanitize) + defines
-    text = host_source(source, name_expressions)
+    text = host_source(source, name_expressions, probe=PROBE_DEFINE in defines)
     target = cache_path(text, compiler, flags)
     if target.exists():
         return target

@@ -501,6 +501,17 @@ inline unsigned char* dynamic_shared() { return current_worker->dynamic_shared; 
 // The launch configuration as the Python side passes it (mirrored by a ctypes.Structure).
 // workers: how many OS threads may run the blocks, the calling thread included
 // (cupytv.set_num_threads; the Python side resolves its default); 0 or less: every core.
+#ifdef CUPYTV_PROBE
+}  // namespace cupytv_host
+// Probe builds only (cupytv/_host/probe.h, included after this header): each block's traces are
+// cleared before it runs and merged into warps after it ends.
+namespace cupytv_probe {
+void begin_block(unsigned nthreads, const unsigned char* shared, std::size_t shared_bytes);
+void end_block(unsigned nthreads);
+}  // namespace cupytv_probe
+namespace cupytv_host {
+#endif
+
 struct LaunchConfig {
   unsigned int grid[3];
   unsigned int block[3];
@@ -663,7 +674,13 @@ void run_chunks(Launch& l) {
     for (long long b = first; b < last; ++b) {
       blockIdx = uint3{static_cast<unsigned>(b % gx), static_cast<unsigned>((b / gx) % gy),
                        static_cast<unsigned>(b / (gx * gy))};
+#ifdef CUPYTV_PROBE
+      ::cupytv_probe::begin_block(w.nthreads, w.dynamic_shared, cfg.shared_mem);
       run_block(w);
+      ::cupytv_probe::end_block(w.nthreads);
+#else
+      run_block(w);
+#endif
     }
   }
   std::free(w.dynamic_shared);
