@@ -249,22 +249,29 @@ def load_proxy(path: Path = PROXY_JSON):
 
 
 def proxy_prediction(records, case: Case):
-    """The predicted time (ms) of the first proxy record that names this case's operation, shape,
-    dtype, lam (data and path where they apply); None when there is none. The proxy's format is
-    its own, so records are matched by content: a key holding "pred" gives the time, in ms unless
-    the key ends in _us or _s."""
-    want = [*case.op.split(), str(case.shape), np.dtype(case.dtype).name, str(case.lam)]
-    want += ["walk"] if case.data == "walk" else []
-    want += [case.path] if case.path else []
-    want = [w.replace(" ", "").lower() for w in want]
+    """The proxy's predicted time (ms) for this case, or None where it predicts none (the 2D
+    VJPs). Records are benchmarks/results/gpu_proxy.json's ``cases`` (its schema is in
+    benchmarks/NOTES.md, "GPU proxy"): shape, dtype, ``predicted_us``, and a ``case`` label such
+    as "forward 262144x32 N(0,1) lam 0.1", "vjp 4096x1024 walk lam 0.3", "fused 128x64x32x32
+    fmap 10 it" or "multi 3x512x512 image gap"."""
+    family, direction = case.op.split()
     for r in records:
-        text = json.dumps(r).replace(" ", "").lower()
-        if not all(w in text for w in want):
+        label = str(r.get("case", ""))
+        if list(r.get("shape", ())) != list(case.shape):
             continue
-        for k, v in r.items():
-            if "pred" in k.lower() and isinstance(v, (int, float)):
-                scale = 1e-3 if k.endswith("_us") else 1e3 if k.endswith("_s") else 1.0
-                return float(v) * scale
+        if r.get("dtype") != np.dtype(case.dtype).name or "predicted_us" not in r:
+            continue
+        if family == "1d":
+            data = "walk" if case.data == "walk" else "N(0,1)"
+            if not label.startswith(f"{direction} ") or f"{data} lam {case.lam:g}" not in label:
+                continue
+        else:
+            steps = f"{case.iters} it" if case.iters else "gap"
+            if direction != "forward" or not label.startswith(f"{case.path} "):
+                continue
+            if not label.endswith(steps):
+                continue
+        return float(r["predicted_us"]) * 1e-3
     return None
 
 
