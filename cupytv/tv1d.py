@@ -244,7 +244,8 @@ def _launch_forward(kernel: str, xc, y, lam_b, view, staged: bool) -> None:
     compute = xc.dtype
     lam_dev, lam_strides = _lam_argument(lam_b, outer, inner, compute, xp)
     per_fiber = _scratch_per_fiber(kernel, n, compute)
-    rows = _chunks.chunk_items(outer, per_fiber * inner * compute.itemsize, xc.nbytes, inner, xp)
+    row_bytes = per_fiber * inner * compute.itemsize
+    rows = _chunks.chunk_items(outer, row_bytes, xc.nbytes, n * inner, xp)
     scratch = xp.empty(max(1, rows * inner * per_fiber), dtype=compute)
     ctype = _CTYPES[compute]
     pn = kernel == METHODS["pn"]

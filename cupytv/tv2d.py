@@ -379,9 +379,7 @@ def _forward(pb: _Problem, path: str | None = None):
                 np.int32(pb.max_iter), np.float64(pb.tol), pb.n_iter, pb.gap)  # fmt: skip
         _loader.launch(STEM, f"tv2d_solve<{pb.ctype()}>", (pb.slices,), (threads,), args, shared)
         return z
-    per_chunk = _chunks.chunk_items(
-        pb.slices, _multi_workspace(pb), pb.xc.nbytes, min(pb.h, pb.w), xp
-    )
+    per_chunk = _chunks.chunk_items(pb.slices, _multi_workspace(pb), pb.xc.nbytes, pb.h * pb.w, xp)
     for lo, hi in _chunks.ranges(pb.slices, per_chunk):
         _forward_multi(pb.part(lo, hi), z[lo:hi])
     return z
@@ -432,8 +430,7 @@ def _backward(pb: _Problem, gc, counts, path: str | None = None):
     workspace = n_max * _record_words(pb) * _WORD_BYTES
     if fused is None:
         workspace += _multi_workspace(pb, backward=True)
-    threads = fused[0] if fused is not None else min(pb.h, pb.w)
-    per_chunk = _chunks.chunk_items(pb.slices, workspace, pb.xc.nbytes, threads, xp)
+    per_chunk = _chunks.chunk_items(pb.slices, workspace, pb.xc.nbytes, pb.h * pb.w, xp)
     for lo, hi in _chunks.ranges(pb.slices, per_chunk):
         part, out = pb.part(lo, hi), grad_x[lo:hi]
         if fused is not None:
