@@ -16,7 +16,12 @@ Targets (issue 16): forward <= 1.25 (the output plus a quarter of the input), ba
 gradient plus twice the input). Sizes: 2**22 elements per input (16 MiB in float32), large
 enough that fixed costs (per-slice scalars, kernel arguments) are below 1% of the input.
 
+Chunks (cupytv._chunks) hold at least MIN_CHUNK_ELEMENTS samples, so at these sizes the
+workspace is a quarter of the input's instead of the asymptotic eighth; --min-chunk 16384 shows
+what inputs of 2**26 samples and more get, at this size.
+
 Usage: python benchmarks/bench_memory.py [--quick] [--json PATH] [--ops NAME,...]
+       [--min-chunk ELEMENTS]
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ if (ROOT / "pyproject.toml").is_file():  # a checkout: its cupytv (installed: th
     sys.path.insert(0, str(ROOT))
 
 import cupytv  # noqa: E402
-from cupytv import _memory  # noqa: E402
+from cupytv import _chunks, _memory  # noqa: E402
 from cupytv._device import gpu_unavailable_reason  # noqa: E402
 from cupytv.tvnd import prox_tv, prox_tv_vjp  # noqa: E402
 
@@ -159,6 +164,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2**20 elements per input")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/bench_memory.json")
     parser.add_argument("--ops", default="", help="comma-separated substrings of op names")
+    parser.add_argument(
+        "--min-chunk",
+        type=int,
+        default=None,
+        metavar="ELEMENTS",
+        help="override cupytv._chunks.MIN_CHUNK_ELEMENTS (the host's smallest chunk): e.g. "
+        "16384 shows at 2**22 samples what larger inputs get",
+    )
     parser.add_argument("--no-reexec", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if _memory.rss_available() is not None and os.name == "posix" and not args.no_reexec:
@@ -166,6 +179,8 @@ def main() -> None:
         env = {**os.environ, **_memory.RSS_ENV}
         os.execve(sys.executable, [sys.executable, *sys.argv, "--no-reexec"], env)
     shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.min_chunk is not None:
+        _chunks.MIN_CHUNK_ELEMENTS = args.min_chunk
     wanted = [w for w in args.ops.split(",") if w]
     cases = [c for c in CASES if not wanted or any(w in c.op for w in wanted)]
     try:
@@ -213,6 +228,7 @@ def main() -> None:
         "machine": platform.platform(),
         "versions": {"python": platform.python_version(), "numpy": np.__version__},
         "lam": LAM,
+        "min_chunk_elements": _chunks.MIN_CHUNK_ELEMENTS,
         "targets": {"forward": FORWARD_TARGET, "backward": BACKWARD_TARGET},
         "results": rows,
     }

@@ -193,8 +193,9 @@ def prox_tv2d_vjp(
     re-runs the forward from ``x`` recording 4 bits per sample per iteration (the jump signs),
     then runs the iterations' adjoints in reverse (derivation in ``cuda_src/tv2d.cu``). So a
     framework keeps only ``x`` and ``info.n_iter`` between forward and backward; the backward's
-    workspace is three arrays of x's size (four, accelerated) plus the bits, and it costs about
-    1.5 forwards. Jumps of an intermediate 1D solution smaller than rounding (1e-9 relative in
+    workspace (three arrays of a slice's size, four accelerated, plus the bits) is held for one
+    chunk of slices at a time (about 1/8 of x, README "Memory"), and it costs about 1.5 forwards.
+    Jumps of an intermediate 1D solution smaller than rounding (1e-9 relative in
     float64, 1e-6 in float32, of the slice's max|x|) count as no jump: the map has kinks that
     close to the point, and this choice is the one whose gradient converges to the exact prox's
     as the iterations do.

@@ -204,7 +204,9 @@ def prox_tv_vjp(
       else applying ``max_iter``/``tol``, which is deterministic and gives the same counts),
       keeping every iteration's 1D prox outputs :math:`p_i^k`, then differentiated backwards
       through the iterations each volume actually ran. Temporary memory:
-      ``m * n_iter * x.size`` values of the compute dtype (m the number of axes).
+      ``m * n_iter`` volumes of the compute dtype per volume (m the number of axes), for one
+      chunk of volumes at a time (about 1/8 of x when there are enough volumes, README
+      "Memory").
 
     Adjoint recursion (m axes, N iterations of a volume, output :math:`Y = Y^{N-1}`). Forward:
     :math:`z_i^0 = X`; for :math:`k = 0..N-1`:
