@@ -114,13 +114,8 @@ def _torch(op_name, backward):
         if not backward:
             return lambda: op(xt, LAM, **kwargs)
         xt.requires_grad_()
-
-        def call():
-            xt.grad = None
-            op(xt, LAM, **kwargs).backward(gt)
-            return xt.grad
-
-        return call
+        # autograd.grad, not .backward(): nothing accumulates in x.grad between the calls.
+        return lambda: torch.autograd.grad(op(xt, LAM, **kwargs), xt, gt)
 
     return prepare
 

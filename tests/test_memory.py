@@ -4,9 +4,12 @@ Host only: tracemalloc sees every NumPy allocation (cupytv._memory.host_peak), w
 its pages are touched, and the wrappers hand the kernels all their workspace as NumPy arrays.
 The smallest chunk (cupytv._chunks.MIN_CHUNK_ELEMENTS) is lowered so that these small inputs are
 chunked as inputs of 2**26 samples and more are by default: the bounds are the large-input
-ones. Each bound is the measured ratio plus a margin well under the 1.0 that a full-size copy
-in the compute dtype would add (2.0 for a float64 copy of float32 data), so such a regression
-fails here. Peaks are counts of bytes, not timings: deterministic.
+ones (3 axes: the 16 volumes here are 16 chunks, so a chunk's workspace is 1/16 of the input,
+not 1/128 as in the README). Each bound is the measured ratio plus a margin well under the 1.0
+that a full-size copy in the compute dtype would add (2.0 for a float64 copy of float32 data),
+plus LAUNCH_OBJECTS_BYTES, so such a regression fails here on the 1D and 2D cases (the 3D
+inputs are small enough that the allowance dominates: those cases catch growth with the
+iteration count or the batch). Peaks are counts of bytes, not timings: deterministic.
 """
 
 from __future__ import annotations
@@ -50,25 +53,26 @@ def _tv2d_vjp(x, g):
 
 
 def _tvnd(x, g):
-    return lambda: prox_tv(x, LAM, axes=ND_AXES, max_iter=20)
+    return lambda: prox_tv(x, LAM, axes=ND_AXES, max_iter=8)
 
 
 def _tvnd_vjp(x, g):
-    _, info = prox_tv(x, LAM, axes=ND_AXES, max_iter=20, return_info=True)
+    _, info = prox_tv(x, LAM, axes=ND_AXES, max_iter=8, return_info=True)
     return lambda: prox_tv_vjp(g, x, LAM, axes=ND_AXES, n_iter=info.n_iter)
 
 
-# (name, shape, prepare, measured ratio float32, float64): the README's Memory table. 72 x 72
-# slices take the 2D multi-launch path, 24 x 24 the fused one.
+# (name, shape, prepare, measured ratio float32, float64) at these sizes: the README's Memory
+# table but for 3 axes (see above). 72 x 72 slices take the 2D multi-launch path, 24 x 24 the
+# fused one.
 CASES = [
     ("prox_tv1d", (4096, 128), _tv1d, 1.13, 1.13),
     ("prox_tv1d_vjp", (4096, 128), _tv1d_vjp, 1.0, 1.0),
     ("prox_tv2d fused", (512, 24, 24), _tv2d, 1.0, 1.0),
-    ("prox_tv2d multi", (128, 72, 72), _tv2d, 1.2, 1.15),
+    ("prox_tv2d multi", (64, 72, 72), _tv2d, 1.26, 1.15),
     ("prox_tv2d_vjp fused", (512, 24, 24), _tv2d_vjp, 1.15, 1.15),
-    ("prox_tv2d_vjp multi", (128, 72, 72), _tv2d_vjp, 1.35, 1.3),
-    ("prox_tv 3 axes", (1024, 8, 8, 8), _tvnd, 1.2, 1.15),
-    ("prox_tv_vjp 3 axes", (1024, 8, 8, 8), _tvnd_vjp, 1.6, 1.4),
+    ("prox_tv2d_vjp multi", (64, 72, 72), _tv2d_vjp, 1.3, 1.2),
+    ("prox_tv 3 axes", (16, 16, 16, 16), _tvnd, 2.95, 2.1),
+    ("prox_tv_vjp 3 axes", (16, 16, 16, 16), _tvnd_vjp, 5.9, 5.15),
 ]
 
 
