@@ -14,8 +14,9 @@ state just before it, so the call's output is included):
   included, but only pages actually written (a workspace the kernel never touches costs nothing
   here) and only allocations large enough for malloc to map them apart: run with
   ``MALLOC_MMAP_THRESHOLD_`` set (``RSS_ENV``) so that freed blocks leave the resident set.
-* ``gpu_peak``: CuPy's default memory pool, whose used bytes are sampled after every allocation
-  (a ``cupy.cuda.MemoryHook``): the device memory the call held at most.
+* ``gpu_peak``: CuPy's memory pool, through a ``cupy.cuda.MemoryHook`` that adds up the sizes
+  the pool hands out and takes back during the call: the device memory the call held at most
+  (allocations outside CuPy's pool, e.g. torch's CUDA caching allocator, are not seen).
 """
 
 from __future__ import annotations
