@@ -44,11 +44,11 @@ _UNIT_EXP_MAX = 1000
 #: Factor on eps in the certificate's rounding slack, per compute dtype: Limits<T>::gap_slack in
 #: cuda_src/common.cuh, where the measurements behind it are.
 _GAP_SLACK = {np.dtype(np.float32): 1.0, np.dtype(np.float64): 8.0}
-#: Per compute dtype: values of an iterate's 1D solution within this fraction of max|x| of a
-#: segment's first value belong to that segment in the backward (as jump_rtol in tv2d.cu).
 # float64 volumes the iteration holds at once besides its compute-dtype arrays (measured with
 # benchmarks/bench_memory.py: the float64 average and the certificate's temporaries).
 _VOLUME_F64_ARRAYS = 9
+#: Per compute dtype: values of an iterate's 1D solution within this fraction of max|x| of a
+#: segment's first value belong to that segment in the backward (as jump_rtol in tv2d.cu).
 FUSE_RTOL = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-9}
 
 
