@@ -17,7 +17,7 @@ from pathlib import Path
 
 #: Suites in the order they run: cheap and most asked-for first. ``timing_table`` is the
 #: seed's table against every peer (benchmarks/timing_table.py), slowest last.
-ORDER = ("tv1d", "tv2d", "torch", "host_executor", "timing_table")
+ORDER = ("tv1d", "tv2d", "torch", "memory", "host_executor", "timing_table")
 #: Suites that write several files take a folder rather than a JSON path.
 WRITES_A_FOLDER = ("timing_table",)
 
