@@ -7,12 +7,13 @@ host executor, CuPy arrays on their own device and current stream.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from cupytv import _loader
+from cupytv import _chunks, _loader
 from cupytv._validation import (
     MAX_ITERATIONS,
     check_float_dtype,
@@ -62,6 +63,7 @@ _DOUBLE_BYTES = 8
 #: (TV2D_GAP_TERMS in cuda_src/tv2d.cu).
 _GAP_TERMS = 4
 _SAMPLES_PER_WORD = 16  # 2-bit jump codes per 32-bit word of the backward's record
+_WORD_BYTES = 4
 _NONFINITE = 2  # TV2D_NONFINITE
 
 
@@ -192,8 +194,9 @@ def prox_tv2d_vjp(
     re-runs the forward from ``x`` recording 4 bits per sample per iteration (the jump signs),
     then runs the iterations' adjoints in reverse (derivation in ``cuda_src/tv2d.cu``). So a
     framework keeps only ``x`` and ``info.n_iter`` between forward and backward; the backward's
-    workspace is three arrays of x's size (four, accelerated) plus the bits, and it costs about
-    1.5 forwards. Jumps of an intermediate 1D solution smaller than rounding (1e-9 relative in
+    workspace (three arrays of a slice's size, four accelerated, plus the bits) is held for one
+    chunk of slices at a time (about 1/8 of x, README "Memory"), and it costs about 1.5 forwards.
+    Jumps of an intermediate 1D solution smaller than rounding (1e-9 relative in
     float64, 1e-6 in float32, of the slice's max|x|) count as no jump: the map has kinks that
     close to the point, and this choice is the one whose gradient converges to the exact prox's
     as the iterations do.
@@ -398,6 +401,16 @@ class _Problem:
         self.n_iter = xp.zeros(self.slices, dtype=np.int32)
         self.gap = xp.full(self.slices, np.nan)
 
+    def part(self, lo: int, hi: int) -> _Problem:
+        """Slices ``lo:hi`` as a problem of their own, on views: what a solve of the part writes
+        (n_iter, gap) lands in this problem's arrays."""
+        sub = copy.copy(self)
+        sub.xc, sub.slices = self.xc[lo:hi], hi - lo
+        if self.lam_stride:
+            sub.lam0, sub.lam1 = self.lam0[lo:hi], self.lam1[lo:hi]
+        sub.n_iter, sub.gap = self.n_iter[lo:hi], self.gap[lo:hi]
+        return sub
+
     def flat(self, a):
         return self.xp.ascontiguousarray(
             self.xp.moveaxis(a, self.axes, (-2, -1)), dtype=self.compute
@@ -463,7 +476,8 @@ def _forward(pb: _Problem, path: str | None = None):
     """Run the forward; fills pb.n_iter and pb.gap, returns z as (slices, h, w).
 
     ``path``: None picks by size (the contract in cuda_src/tv2d.cu); "fused" or "multi" forces
-    one (tests compare the two).
+    one (tests compare the two). The multi-launch path solves chunks of slices in turn, so its
+    state and workspace are a chunk's (cupytv._chunks); the fused one keeps them on chip.
     """
     xp = pb.xp
     z = xp.empty_like(pb.xc)
@@ -473,13 +487,22 @@ def _forward(pb: _Problem, path: str | None = None):
         pb.gap[...] = 0
         return z
     fused = _fused_config(pb, path)
-    ct, dims = pb.ctype(), pb.dims()
     if fused is not None:
         threads, shared = fused
-        args = (pb.xc, z, *pb.lam_args(), *dims, np.int32(pb.momentum), np.int32(pb.max_iter),
-                np.float64(pb.tol), pb.n_iter, pb.gap)  # fmt: skip
-        _loader.launch(STEM, f"tv2d_solve<{ct}>", (pb.slices,), (threads,), args, shared)
+        args = (pb.xc, z, *pb.lam_args(), *pb.dims(), np.int32(pb.momentum),
+                np.int32(pb.max_iter), np.float64(pb.tol), pb.n_iter, pb.gap)  # fmt: skip
+        _loader.launch(STEM, f"tv2d_solve<{pb.ctype()}>", (pb.slices,), (threads,), args, shared)
         return z
+    per_chunk = _chunks.chunk_items(pb.slices, _multi_workspace(pb), pb.xc.nbytes, pb.h * pb.w, xp)
+    for lo, hi in _chunks.ranges(pb.slices, per_chunk):
+        _forward_multi(pb.part(lo, hi), z[lo:hi])
+    return z
+
+
+def _forward_multi(pb: _Problem, z) -> None:
+    """The multi-launch forward of every slice of ``pb`` into ``z``."""
+    xp = pb.xp
+    ct, dims = pb.ctype(), pb.dims()
     z[...] = pb.xc
     ub, u, wbuf = _state(pb)
     state = xp.zeros(pb.slices, dtype=np.int32)
@@ -506,28 +529,51 @@ def _forward(pb: _Problem, path: str | None = None):
         if (t + 1) % poll == 0 and int(active[t]) == 0:
             break
     _multi(f"tv2d_fill_nan<{ct}>", rows, (z, *dims, state))
-    return z
 
 
 def _backward(pb: _Problem, gc, counts, path: str | None = None):
     """grad_x as (slices, h, w) and the per-slice lam gradients as a (2, slices) float64 array:
-    row 0 for lam0 (axes[0]), row 1 for lam1."""
+    row 0 for lam0 (axes[0]), row 1 for lam1. Chunks of slices in turn, as the forward."""
     xp = pb.xp
     grad_x = xp.empty_like(pb.xc)
     grad_lam = xp.zeros((2, pb.slices))
     if pb.xc.size == 0:
         return grad_x, grad_lam
-    n_max = int(counts.max())
-    words = pb.h * -(-pb.w // _SAMPLES_PER_WORD) + pb.w * -(-pb.h // _SAMPLES_PER_WORD)
-    bits = xp.zeros(max(1, n_max * pb.slices * words), dtype=np.uint32)
     fused = _fused_config(pb, path)
+    n_max = int(counts.max())
+    workspace = n_max * _record_words(pb) * _WORD_BYTES
+    if fused is None:
+        workspace += _multi_workspace(pb, backward=True)
+    per_chunk = _chunks.chunk_items(pb.slices, workspace, pb.xc.nbytes, pb.h * pb.w, xp)
+    for lo, hi in _chunks.ranges(pb.slices, per_chunk):
+        part, out = pb.part(lo, hi), grad_x[lo:hi]
+        if fused is not None:
+            grad_lam[:, lo:hi] = _backward_fused(part, gc[lo:hi], counts[lo:hi], fused, out)
+        else:
+            grad_lam[:, lo:hi] = _backward_multi(part, gc[lo:hi], counts[lo:hi], out)
+    return grad_x, grad_lam
+
+
+def _backward_fused(pb: _Problem, gc, counts, fused, grad_x):
+    """The fused backward of every slice of ``pb`` into ``grad_x``; returns its lam gradients."""
+    xp = pb.xp
+    grad_lam = xp.zeros((2, pb.slices))
+    bits = xp.zeros(max(1, int(counts.max()) * pb.slices * _record_words(pb)), dtype=np.uint32)
+    threads, shared = fused
+    args = (pb.xc, gc, *pb.lam_args(), *pb.dims(), np.int32(pb.momentum), counts, bits, grad_x,
+            grad_lam)  # fmt: skip
+    _loader.launch(STEM, f"tv2d_solve_vjp<{pb.ctype()}>", (pb.slices,), (threads,), args, shared)
+    return grad_lam
+
+
+def _backward_multi(pb: _Problem, gc, counts, grad_x):
+    """The multi-launch backward of every slice of ``pb`` into ``grad_x``; returns its lam
+    gradients."""
+    xp = pb.xp
+    grad_lam = xp.zeros((2, pb.slices))
+    n_max = int(counts.max())
+    bits = xp.zeros(max(1, n_max * pb.slices * _record_words(pb)), dtype=np.uint32)
     ct, dims = pb.ctype(), pb.dims()
-    if fused is not None:
-        threads, shared = fused
-        args = (pb.xc, gc, *pb.lam_args(), *dims, np.int32(pb.momentum), counts, bits, grad_x,
-                grad_lam)  # fmt: skip
-        _loader.launch(STEM, f"tv2d_solve_vjp<{ct}>", (pb.slices,), (threads,), args, shared)
-        return grad_x, grad_lam
     ub, u, wbuf = _state(pb)
     z = xp.empty_like(pb.xc)
     state = xp.zeros(pb.slices, dtype=np.int32)
@@ -555,8 +601,7 @@ def _backward(pb: _Problem, gc, counts, path: str | None = None):
     # A slice that ran no iteration returned x itself: its gradient is g.
     grad_x[...] = xp.where((counts == 0)[:, None, None], gc, xb)
     _multi(f"tv2d_fill_nan<{ct}>", rows, (grad_x, *dims, state))
-    grad_lam = xp.where(((state & _NONFINITE) != 0)[None, :], np.nan, grad_lam)
-    return grad_x, grad_lam
+    return xp.where(((state & _NONFINITE) != 0)[None, :], np.nan, grad_lam)
 
 
 def _iteration(pb: _Problem, t: int, arrays, control, replay: int, bits, scale, scratch) -> None:
@@ -605,7 +650,26 @@ def _grid(threads: int) -> tuple[int]:
 def _scratch(pb: _Problem):
     """Condat's fallback workspace for fibers longer than GUARD_MIN_N (tv1d_solvers.cuh): the 1D
     kernels' per-fiber size, for the rows and the columns sharing one buffer."""
-    rows = pb.slices * pb.h * _scratch_per_fiber("tv1d_condat", pb.w, pb.compute)
-    cols = pb.slices * pb.w * _scratch_per_fiber("tv1d_condat", pb.h, pb.compute)
-    size = max(rows, cols)
-    return pb.xp.empty(max(1, size), dtype=pb.compute)
+    return pb.xp.empty(max(1, pb.slices * _scratch_per_slice(pb)), dtype=pb.compute)
+
+
+def _scratch_per_slice(pb: _Problem) -> int:
+    rows = pb.h * _scratch_per_fiber("tv1d_condat", pb.w, pb.compute)
+    cols = pb.w * _scratch_per_fiber("tv1d_condat", pb.h, pb.compute)
+    return max(rows, cols)
+
+
+def _record_words(pb: _Problem) -> int:
+    """32-bit words of the backward's record per slice and iteration (2-bit jump codes of the
+    rows' and the columns' 1D solutions)."""
+    return pb.h * -(-pb.w // _SAMPLES_PER_WORD) + pb.w * -(-pb.h // _SAMPLES_PER_WORD)
+
+
+def _multi_workspace(pb: _Problem, backward: bool = False) -> int:
+    """Bytes per slice the multi-launch path allocates besides its output: Ub, W and U (with
+    momentum), Condat's scratch, the certificate's partial sums; the backward adds X's adjoint,
+    its select and the per-fiber lam gradients (its record is counted by the caller)."""
+    item = pb.compute.itemsize
+    arrays = 2 + pb.momentum + (2 if backward else 0)
+    per_fiber_sums = (_GAP_TERMS * pb.h if not backward else pb.h + pb.w) * _DOUBLE_BYTES
+    return (arrays * pb.h * pb.w + _scratch_per_slice(pb)) * item + per_fiber_sums

@@ -20,6 +20,8 @@ import numbers
 
 import numpy as np
 
+from cupytv._chunks import chunk_items
+from cupytv._chunks import ranges as chunk_ranges
 from cupytv._validation import (
     MAX_ITERATIONS,
     check_float_dtype,
@@ -56,6 +58,9 @@ _UNIT_EXP_MAX = 1000
 #: Factor on eps in the certificate's rounding slack, per compute dtype: Limits<T>::gap_slack in
 #: cuda_src/common.cuh, where the measurements behind it are.
 _GAP_SLACK = {np.dtype(np.float32): 1.0, np.dtype(np.float64): 8.0}
+# float64 volumes the iteration holds at once besides its compute-dtype arrays (measured with
+# benchmarks/bench_memory.py: the float64 average and the certificate's temporaries).
+_VOLUME_F64_ARRAYS = 9
 #: Per compute dtype: values of an iterate's 1D solution within this fraction of max|x| of a
 #: segment's first value belong to that segment in the backward (as jump_rtol in tv2d.cu).
 FUSE_RTOL = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-9}
@@ -170,7 +175,12 @@ def prox_tv(
     compute = _compute_dtype(dtype)
     xv = _to_volumes(x, tv_axes, compute, xp)
     lam_v = [_lam_to_volumes(lam_i, tv_axes) for lam_i in lams]
-    run = _dykstra(xv, lam_v, max_iter=max_iter, tol=tol, n_target=None, keep_history=False)
+    run = _DykstraRun(xp.empty_like(xv), np.zeros(xv.shape[0], dtype=np.int32),
+                      np.full(xv.shape[0], np.nan), [])  # fmt: skip
+    for lo, hi in _volume_chunks(xv, m, history_iters=0):
+        part = _dykstra(xv[lo:hi], [w[lo:hi] for w in lam_v], max_iter=max_iter, tol=tol,
+                        n_target=None, keep_history=False, y_out=run.y[lo:hi])  # fmt: skip
+        run.n_iter[lo:hi], run.gap[lo:hi] = part.n_iter, part.gap
     y = _from_volumes(run.y, x.shape, tv_axes, xp).astype(dtype, copy=False)
     if out is not None:
         out[...] = y
@@ -208,7 +218,9 @@ def prox_tv_vjp(
       else applying ``max_iter``/``tol``, which is deterministic and gives the same counts),
       keeping every iteration's 1D prox outputs :math:`p_i^k`, then differentiated backwards
       through the iterations each volume actually ran. Temporary memory:
-      ``m * n_iter * x.size`` values of the compute dtype (m the number of axes).
+      ``m * n_iter`` volumes of the compute dtype per volume (m the number of axes), for one
+      chunk of volumes at a time (about 1/8 of x when there are enough volumes, README
+      "Memory").
 
     Adjoint recursion (m axes, N iterations of a volume, output :math:`Y = Y^{N-1}`). Forward:
     :math:`z_i^0 = X`; for :math:`k = 0..N-1`:
@@ -285,17 +297,27 @@ def prox_tv_vjp(
     xv = _to_volumes(x, tv_axes, compute, xp)
     gv = _to_volumes(g, tv_axes, compute, xp)
     lam_v = [_lam_to_volumes(lam_i, tv_axes) for lam_i in lams]
-    run = _dykstra(xv, lam_v, max_iter=max_iter, tol=tol, n_target=n_target, keep_history=True)
-    # Each volume's own max|x| (non-finite volumes: NaN anyway; all-zero ones: 1), never the
-    # batch's: with a batch-wide scale one volume's magnitude changed another's gradient.
-    scale = xp.where(xp.isfinite(xv), xp.abs(xv), 0).max(axis=tuple(range(1, m + 1)))
-    scale = xp.where(scale > 0, scale, 1).reshape((-1,) + (1,) * m)
-    adj, grad_w = _dykstra_backward(gv, lam_v, run, scale)
-    # Volumes without an output (non-finite input, or a replayed count of 0) get NaN gradients.
-    no_output = xp.asarray(run.n_iter == 0)
-    grad_xv = xp.where(no_output.reshape((-1,) + (1,) * m), xp.nan, adj)
-    grad_w = [xp.where(no_output, xp.nan, gw) for gw in grad_w]
-    grad_x = xp.ascontiguousarray(_from_volumes(grad_xv, x.shape, tv_axes, xp).astype(dtype))
+    grad_xv = xp.empty_like(xv)
+    grad_w = [xp.empty(xv.shape[0], dtype=_F64) for _ in range(m)]
+    iters = max_iter if n_target is None else int(n_target.max(initial=0))
+    # Volume chunks in turn: the record of every iteration's 1D solutions is a chunk's.
+    for lo, hi in _volume_chunks(xv, m, history_iters=iters):
+        xc, lam_c = xv[lo:hi], [w[lo:hi] for w in lam_v]
+        target = None if n_target is None else n_target[lo:hi]
+        run = _dykstra(xc, lam_c, max_iter=max_iter, tol=tol, n_target=target, keep_history=True)
+        # Each volume's own max|x| (non-finite volumes: NaN anyway; all-zero ones: 1), never the
+        # batch's: with a batch-wide scale one volume's magnitude changed another's gradient.
+        scale = xp.where(xp.isfinite(xc), xp.abs(xc), 0).max(axis=tuple(range(1, m + 1)))
+        scale = xp.where(scale > 0, scale, 1).reshape((-1,) + (1,) * m)
+        adj, gw_c = _dykstra_backward(gv[lo:hi], lam_c, run, scale)
+        # Volumes without an output (non-finite input, or a replayed count of 0) get NaN.
+        no_output = xp.asarray(run.n_iter == 0)
+        grad_xv[lo:hi] = xp.where(no_output.reshape((-1,) + (1,) * m), xp.nan, adj)
+        for i, gw in enumerate(gw_c):
+            grad_w[i][lo:hi] = xp.where(no_output, xp.nan, gw)
+    grad_x = xp.ascontiguousarray(
+        _from_volumes(grad_xv, x.shape, tv_axes, xp).astype(dtype, copy=False)
+    )
     # grad_w[i]: (B,) per volume -> x's shape with the TV axes reduced to 1 -> lam's shape.
     reduced = [
         _from_volumes(gw.reshape((-1,) + (1,) * m), lams[0].shape, tv_axes, xp) for gw in grad_w
@@ -452,20 +474,22 @@ class _DykstraRun:
     history: list  # per iteration k: (active volume indices, [p_0^k, ..., p_{m-1}^k])
 
 
-def _dykstra(xv, lam_v, *, max_iter, tol, n_target, keep_history) -> _DykstraRun:
+def _dykstra(xv, lam_v, *, max_iter, tol, n_target, keep_history, y_out=None) -> _DykstraRun:
     """Parallel proximal Dykstra on the volumes ``xv`` (B, *vol), weights ``lam_v[i]`` (B, 1..).
 
     With ``n_target`` (B,) volume b runs exactly ``n_target[b]`` iterations; else each runs until
     its relative gap is <= tol or ``max_iter``. Non-finite volumes do not run. Volumes whose
     weights are all zero get x exactly (the iteration leaves them at mean_i x, which can differ
-    from x in the last bit).
+    from x in the last bit). ``y_out``: where to write y (allocated when None).
     """
     xp = _array_module(xv, "x")
     m = len(lam_v)
     n_vol = xv.shape[0]
     compute = xv.dtype
     finite = host_array(xp.isfinite(xv).reshape(n_vol, -1).all(axis=1))
-    y_out = xp.full(xv.shape, xp.nan, dtype=compute)
+    if y_out is None:
+        y_out = xp.empty(xv.shape, dtype=compute)
+    y_out[...] = xp.nan
     n_iter = np.zeros(n_vol, dtype=np.int32)
     gap = np.full(n_vol, np.nan)
     history = []
@@ -615,6 +639,18 @@ def _relative_gap(x, y, z, p, lam_a, xp) -> np.ndarray:
         positive, gap / xp.where(positive, objective, 1.0), xp.where(gap > 0, xp.inf, 0.0)
     )
     return host_array(rel)
+
+
+def _volume_chunks(xv, m: int, history_iters: int):
+    """Volume ranges for cupytv._chunks: per volume, the iteration's 2m + 1 arrays of the compute
+    dtype (z_i, p_i, y), _VOLUME_F64_ARRAYS float64 ones (the average and the certificate), and
+    for a backward its adjoints (m + 2) and the record of m solutions per iteration."""
+    xp = _array_module(xv, "x")
+    n_vol, elems = xv.shape[0], xv[:1].size
+    arrays = 2 * m + 1 + (m + 2 + m * history_iters if history_iters else 0)
+    workspace = (arrays * xv.dtype.itemsize + _VOLUME_F64_ARRAYS * _F64.itemsize) * elems
+    per_chunk = chunk_items(n_vol, workspace, xv.nbytes, elems, xp)
+    return chunk_ranges(n_vol, per_chunk)
 
 
 def _take(a, rows: np.ndarray, n_rows: int, xp):
