@@ -12,6 +12,7 @@ import numpy as np
 from cupytv import _chunks, _loader
 from cupytv._validation import (
     check_float_dtype,
+    check_like,
     check_same_array_kind,
     host_array,
     is_cupy_array,
@@ -19,6 +20,7 @@ from cupytv._validation import (
     method_entry,
     normalize_axis,
     unbroadcast,
+    unbroadcast_view,
     vjp_arguments,
 )
 
@@ -188,16 +190,9 @@ def prox_tv1d_vjp(x, lam, g, axis: int = -1, *, y=None, fuse_atol: float = 0.0):
     name, given = ("x", x) if x is not None else ("y", y)
     xp = _array_module(given, name)
     dtype = check_float_dtype(given.dtype, name)
-    for other, arr in (("g", g), ("y", y if x is not None else None)):
-        if arr is None:
-            continue
-        check_same_array_kind(arr, given, other, name)
-        check_float_dtype(arr.dtype, other)
-        if arr.shape != given.shape or arr.dtype != given.dtype:
-            raise ValueError(
-                f"{other}: expected {name}'s shape and dtype {given.shape} {given.dtype}, got "
-                f"{arr.shape} {arr.dtype}"
-            )
+    check_like(g, given, "g", name)
+    if x is not None and y is not None:
+        check_like(y, x, "y")
     if y is None:
         y = prox_tv1d(x, lam, axis)
     if y.ndim == 0:
@@ -231,7 +226,7 @@ def prox_tv1d_vjp(x, lam, g, axis: int = -1, *, y=None, fuse_atol: float = 0.0):
             np.float64(fuse_atol),
         ),
     )
-    if np.any(lam_b == 0):
+    if np.any(unbroadcast_view(lam_b) == 0):
         grad_x, grad_fiber = _identity_vjp(gc, yc, grad_x, grad_fiber, lam_b, (outer, n, inner), xp)
     # xp.asarray: NumPy reductions to 0-d return scalars; the contract is an array of lam's shape.
     grad_lam = xp.asarray(unbroadcast(grad_fiber.reshape(lam_b.shape), lam_shape))
@@ -398,7 +393,7 @@ def _check_out(out, x, xp) -> None:
 
 def _lam_argument(lam_b: np.ndarray, outer: int, inner: int, compute: np.dtype, xp):
     """lam as the kernel reads it: (array of T, (stride_outer, stride_inner)) in elements."""
-    if lam_b.size == 1 or np.all(lam_b == lam_b.flat[0]):
+    if unbroadcast_view(lam_b).size == 1:  # one weight for every fiber: read with strides 0
         return xp.asarray(np.asarray([lam_b.flat[0]], dtype=compute)), (0, 0)
     # The reduced shape has x's dimensions with the TV axis at 1: (outer, 1, inner) in order.
     lam_c = np.ascontiguousarray(lam_b, dtype=compute).reshape(outer, inner)

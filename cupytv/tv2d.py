@@ -17,14 +17,15 @@ from cupytv import _chunks, _loader
 from cupytv._validation import (
     MAX_ITERATIONS,
     check_float_dtype,
+    check_like,
     check_max_iter,
-    check_same_array_kind,
     check_tol,
     lam_to_array,
     method_entry,
     normalize_axes,
     split_lam_pair,
     unbroadcast,
+    unbroadcast_view,
     vjp_arguments,
 )
 from cupytv.tv1d import (
@@ -231,12 +232,7 @@ def prox_tv2d_vjp(
     x, lam, g, _ = vjp_arguments("prox_tv2d_vjp", x, lam, g)
     problem = _Problem(x, lam, axes, max_iter, tol, method)
     xp = problem.xp
-    check_same_array_kind(g, x, "g", "x")
-    check_float_dtype(g.dtype, "g")
-    if g.shape != x.shape or g.dtype != x.dtype:
-        raise ValueError(
-            f"g: expected x's shape and dtype {x.shape} {x.dtype}, got {g.shape} {g.dtype}"
-        )
+    check_like(g, x, "g")
     if n_iter is None:
         _forward(problem)
         counts = problem.n_iter
@@ -285,13 +281,7 @@ def prox_tv2d_jvp(
         The tangent of the output, x's shape and dtype (NaN on slices with non-finite x).
     """
     problem = _Problem(x, lam, axes, max_iter, tol, method)
-    check_same_array_kind(x_dot, x, "x_dot", "x")
-    check_float_dtype(x_dot.dtype, "x_dot")
-    if x_dot.shape != x.shape or x_dot.dtype != x.dtype:
-        raise ValueError(
-            f"x_dot: expected x's shape and dtype {x.shape} {x.dtype}, got {x_dot.shape} "
-            f"{x_dot.dtype}"
-        )
+    check_like(x_dot, x, "x_dot")
     lam0_dot, lam1_dot, is_pair = split_lam_pair(lam_dot)
     if is_pair != problem.is_pair:
         raise ValueError(
@@ -391,11 +381,13 @@ class _Problem:
         self.xc = xp.ascontiguousarray(moved, dtype=self.compute).reshape(
             self.slices, self.h, self.w
         )
-        # Per-slice weights in slice order: stride 0 (one pair) when every slice shares them.
-        per_slice = [np.moveaxis(b, self.axes, (-2, -1)).reshape(self.slices) for b in lam_b]
-        shared = all(v.size == 0 or np.all(v == v.flat[0]) for v in per_slice)
+        # Per-slice weights in slice order: stride 0 (one pair) when every slice shares them,
+        # decided on the weights as given, not on their broadcast to every slice.
+        shared = all(unbroadcast_view(b).size <= 1 for b in lam_b)
         if shared:
-            per_slice = [v[:1] if v.size else np.zeros(1) for v in per_slice]
+            per_slice = [np.full(1, b.flat[0] if b.size else 0.0) for b in lam_b]
+        else:
+            per_slice = [np.moveaxis(b, self.axes, (-2, -1)).reshape(self.slices) for b in lam_b]
         self.lam_stride = 0 if shared else 1
         self.lam0, self.lam1 = (xp.asarray(v.astype(self.compute)) for v in per_slice)
         self.n_iter = xp.zeros(self.slices, dtype=np.int32)

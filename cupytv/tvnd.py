@@ -25,8 +25,8 @@ from cupytv._chunks import ranges as chunk_ranges
 from cupytv._validation import (
     MAX_ITERATIONS,
     check_float_dtype,
+    check_like,
     check_max_iter,
-    check_same_array_kind,
     check_tol,
     host_array,
     lam_per_axis,
@@ -269,13 +269,8 @@ def prox_tv_vjp(
     """
     x, lam, g, _ = vjp_arguments("prox_tv_vjp", x, lam, g)
     xp = _array_module(x, "x")
-    check_same_array_kind(g, x, "g", "x")
     dtype = check_float_dtype(x.dtype)
-    check_float_dtype(g.dtype, "g")
-    if g.shape != x.shape or g.dtype != x.dtype:
-        raise ValueError(
-            f"g: expected x's shape and dtype {x.shape} {x.dtype}, got {g.shape} {g.dtype}"
-        )
+    check_like(g, x, "g")
     tv_axes = normalize_tv_axes(axes, x.ndim)
     lams, per_axis = lam_per_axis(lam, x.shape, tv_axes, _compute_dtype(dtype))
     _check_iteration_limits(max_iter, tol)
@@ -367,14 +362,8 @@ def prox_tv_jvp(
         The output's tangent, x's shape and dtype (NaN on volumes without an output).
     """
     xp = _array_module(x, "x")
-    check_same_array_kind(x_dot, x, "x_dot", "x")
     dtype = check_float_dtype(x.dtype)
-    check_float_dtype(x_dot.dtype, "x_dot")
-    if x_dot.shape != x.shape or x_dot.dtype != x.dtype:
-        raise ValueError(
-            f"x_dot: expected x's shape and dtype {x.shape} {x.dtype}, got {x_dot.shape} "
-            f"{x_dot.dtype}"
-        )
+    check_like(x_dot, x, "x_dot")
     tv_axes = normalize_tv_axes(axes, x.ndim)
     compute = _compute_dtype(dtype)
     lams, per_axis = lam_per_axis(lam, x.shape, tv_axes, compute)
