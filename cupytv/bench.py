@@ -18,7 +18,8 @@ from pathlib import Path
 #: Suites in the order they run: cheap and most asked-for first. ``timing_table`` is the
 #: seed's table against every peer (benchmarks/timing_table.py), slowest last.
 ORDER = (
-    "tv1d", "tv2d", "torch", "memory", "gpu_proxy", "host_executor", "threads", "timing_table",
+    "tv1d", "tv2d", "torch", "memory", "gpu_proxy", "host_executor", "host_cost", "threads",
+    "timing_table",
 )  # fmt: skip
 #: Suites that write several files take a folder rather than a JSON path.
 WRITES_A_FOLDER = ("timing_table",)
