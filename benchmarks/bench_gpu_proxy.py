@@ -32,6 +32,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_tv2d import FM_LAM, feature_maps
 
 import cupytv
 from cupytv import _loader, gpu_proxy, tv1d, tv2d
@@ -40,8 +43,6 @@ SEED = 0
 LAMS_1D = (0.1, 0.3, 0.5)
 WALK_LAM = 0.3  # the random walk's weight: a few jumps per 32 samples
 BENCH_1D_LAM = 0.1  # bench_tv1d.py's weight (the H100 cases)
-FM_NOISE, FM_STEP, FM_MAX_FREQ = 0.5, 0.5, 3  # bench_tv2d.py's feature maps
-FM_LAM = 0.25 * FM_NOISE
 IMAGE_LAM, IMAGE_NOISE = 0.1, 0.1
 FIXED_ITER = 10
 
@@ -73,17 +74,8 @@ QUICK_MEASURED = ((128, 1024), (16, 64, 32, 32))
 
 
 def fm_data(shape, rng) -> np.ndarray:
-    """bench_tv2d.py's feature maps: smooth field + step edge + N(0, FM_NOISE^2)."""
-    *batch, h, w = shape
-    i = np.linspace(0.0, 1.0, h)[:, None]
-    j = np.linspace(0.0, 1.0, w)[None, :]
-
-    def wave():
-        fi, fj = (rng.integers(0, FM_MAX_FREQ + 1, (*batch, 1, 1)) for _ in range(2))
-        phase = rng.uniform(0, 2 * np.pi, (*batch, 1, 1))
-        return np.cos(2 * np.pi * (fi * i + fj * j) + phase)
-
-    return wave() + FM_STEP * np.sign(wave()) + FM_NOISE * rng.standard_normal(shape)
+    """bench_tv2d.py's feature maps (the same generator, so the proxy prices the data timed)."""
+    return feature_maps(shape, rng)
 
 
 def image_data(slices: int, rng) -> np.ndarray:

@@ -320,19 +320,9 @@ def _tangent(pb: _Problem, xd, lam0d, lam1d, counts):
     if pb.xc.size == 0:
         return xp.empty_like(pb.xc)
     n_max = int(counts.max())
-    words = pb.h * -(-pb.w // _SAMPLES_PER_WORD) + pb.w * -(-pb.h // _SAMPLES_PER_WORD)
-    bits = xp.zeros(max(1, n_max * pb.slices * words), dtype=np.uint32)
     ct, dims = pb.ctype(), pb.dims()
-    ub, u, wbuf = _state(pb)
-    z = xp.empty_like(pb.xc)
-    state = xp.zeros(pb.slices, dtype=np.int32)
-    scratch = _scratch(pb)
+    bits, (ub, u, wbuf, z), state = _replay(pb, counts, n_max)
     rows, cols = _grid(pb.slices * pb.h), _grid(pb.slices * pb.w)
-    _multi(f"tv2d_check_finite<{ct}>", rows, (pb.xc, *dims, state))
-    scale = _slice_max_abs(pb)
-    # The replay, recording the jumps (the multi-launch path records what the fused one does).
-    for t in range(n_max):
-        _iteration(pb, t, (pb.xc, ub, u, wbuf, z), counts, 1, bits, scale, scratch)
     # Tangents of Ub, U, W and Z (the forward's buffers reused).
     ubd, ud, wd, zd = ub, u, wbuf, z
     ubd[...] = 0
@@ -564,18 +554,9 @@ def _backward_multi(pb: _Problem, gc, counts, grad_x):
     xp = pb.xp
     grad_lam = xp.zeros((2, pb.slices))
     n_max = int(counts.max())
-    bits = xp.zeros(max(1, n_max * pb.slices * _record_words(pb)), dtype=np.uint32)
     ct, dims = pb.ctype(), pb.dims()
-    ub, u, wbuf = _state(pb)
-    z = xp.empty_like(pb.xc)
-    state = xp.zeros(pb.slices, dtype=np.int32)
-    scratch = _scratch(pb)
+    bits, (ub, u, wbuf, z), state = _replay(pb, counts, n_max)
     rows, cols = _grid(pb.slices * pb.h), _grid(pb.slices * pb.w)
-    _multi(f"tv2d_check_finite<{ct}>", rows, (pb.xc, *dims, state))
-    # The scale of the threshold below which a jump counts as none.
-    scale = _slice_max_abs(pb)
-    for t in range(n_max):
-        _iteration(pb, t, (pb.xc, ub, u, wbuf, z), counts, 1, bits, scale, scratch)
     # Adjoints (the forward's buffers reused): a of Ub, b of U, xb of X, tb the work array.
     a, b, xb, tb = ub, u, z, wbuf
     a[...] = 0
@@ -594,6 +575,25 @@ def _backward_multi(pb: _Problem, gc, counts, grad_x):
     grad_x[...] = xp.where((counts == 0)[:, None, None], gc, xb)
     _multi(f"tv2d_fill_nan<{ct}>", rows, (grad_x, *dims, state))
     return xp.where(((state & _NONFINITE) != 0)[None, :], np.nan, grad_lam)
+
+
+def _replay(pb: _Problem, counts, n_max: int):
+    """Re-run the multi-launch forward of every slice for its ``counts`` iterations, recording
+    each 1D solution's jumps: ``(bits, (Ub, U, W, Z) as left by the last iteration, state)``,
+    what the backward and the tangent then run through (the fused kernel records the same)."""
+    xp = pb.xp
+    bits = xp.zeros(max(1, n_max * pb.slices * _record_words(pb)), dtype=np.uint32)
+    ct, dims = pb.ctype(), pb.dims()
+    ub, u, wbuf = _state(pb)
+    z = xp.empty_like(pb.xc)
+    state = xp.zeros(pb.slices, dtype=np.int32)
+    scratch = _scratch(pb)
+    _multi(f"tv2d_check_finite<{ct}>", _grid(pb.slices * pb.h), (pb.xc, *dims, state))
+    # The scale of the threshold below which a jump counts as none.
+    scale = _slice_max_abs(pb)
+    for t in range(n_max):
+        _iteration(pb, t, (pb.xc, ub, u, wbuf, z), counts, 1, bits, scale, scratch)
+    return bits, (ub, u, wbuf, z), state
 
 
 def _iteration(pb: _Problem, t: int, arrays, control, replay: int, bits, scale, scratch) -> None:
