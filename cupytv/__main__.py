@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .bench import ORDER
 from .demo import DEFAULT_LAM_1D, DEFAULT_LAMS, DEFAULT_MAX_SIDE, DEFAULT_SIGMA
 
 
@@ -71,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
     bench.add_argument(
         "--suite", nargs="+", metavar="NAME",
-        help="only these suites (tv1d, tv2d, torch, host_executor, threads, timing_table, "
-        "gpu_proxy; default: all)",
+        help=f"only these suites ({', '.join(ORDER)}; default: all)",
     )  # fmt: skip
     bench.add_argument(
         "--out", type=Path, default=Path("cupytv_bench"),

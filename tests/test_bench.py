@@ -14,7 +14,7 @@ from cupytv import bench
 def test_every_benchmark_script_is_a_suite():
     names = list(bench.suites())
     assert names[:3] == ["tv1d", "tv2d", "torch"]  # the documented order
-    assert names[-3:] == ["host_executor", "threads", "timing_table"]
+    assert names[-4:] == ["host_executor", "host_cost", "threads", "timing_table"]
 
 
 def test_the_installed_cli_runs_a_suite_and_writes_its_json(tmp_path):
