@@ -196,6 +196,47 @@ def test_bugs_in_kernels_fail_under_sanitizers(case, value, report):
     assert case in result.stderr  # the report names the kernel
 
 
+# A launch from a thread that then exits: its worker unmaps its fiber stacks. The sanitizer keeps
+# shadow memory across munmap, so a stack left poisoned (a driver's frame never unwinds) made the
+# next mapping at that address (a Python arena in CI) report a stack-buffer-underflow on its
+# first memset, long after the launch. The memsets below cover every mapping the size of a stack.
+THREAD_EXIT_SCRIPT = """
+import ctypes
+import mmap
+import threading
+import numpy as np
+from cupytv._host import HostModule
+
+module = HostModule('''
+__global__ void stamp(int* y) {
+  __syncthreads();
+  y[blockIdx.x * blockDim.x + threadIdx.x] = threadIdx.x;
+}
+''', ("stamp",))
+
+def launch():
+    y = np.zeros(64 * 32, np.int32)
+    module.get_function("stamp")((64,), (32,), (y,))
+
+thread = threading.Thread(target=launch)
+thread.start()
+thread.join()
+kept = []
+for _ in range(64):
+    region = mmap.mmap(-1, 1 << 20)
+    view = (ctypes.c_char * (1 << 20)).from_buffer(region)
+    ctypes.memset(ctypes.addressof(view), 1, 1 << 20)
+    kept.append((region, view))
+print("finished")
+"""
+
+
+def test_a_thread_that_launched_kernels_exits_without_leaving_poisoned_memory():
+    result = run_sanitized(["-c", THREAD_EXIT_SCRIPT])
+    assert result.returncode == 0, result.stderr[-6000:]
+    assert "finished" in result.stdout
+
+
 @pytest.mark.parametrize("missing_stem", ["no_such_kernel_file"])
 def test_every_kernel_file_needs_a_test_module(monkeypatch, missing_stem):
     monkeypatch.setattr(_loader, "stems", lambda: (missing_stem,))

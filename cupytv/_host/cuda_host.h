@@ -338,7 +338,16 @@ struct Worker {
 #endif
   }
   ~Worker() {
-    for (const Stack& s : free_stacks) munmap(s.lo - page_size(), s.size + page_size());
+    for (const Stack& s : free_stacks) {
+#if CUPYTV_HOST_ASAN
+      // A driver's frame never unwinds (it switches away for good), so its redzones are still
+      // poisoned, and the sanitizer keeps shadow memory across munmap: whatever is mapped here
+      // next (a Python arena, say) would report a stack-buffer-underflow on its first memset.
+      // This runs when a thread that launched kernels exits.
+      __asan_unpoison_memory_region(s.lo, s.size);
+#endif
+      munmap(s.lo - page_size(), s.size + page_size());
+    }
   }
   static std::size_t page_size() { return static_cast<std::size_t>(sysconf(_SC_PAGESIZE)); }
 
