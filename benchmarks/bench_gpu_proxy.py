@@ -94,14 +94,14 @@ def run_1d(direction: str, shape, dtype, kind: str, lam: float, sample_fibers: i
     fibers, n = shape
     rng = np.random.default_rng(SEED)
     x = data_1d(kind, min(fibers, sample_fibers), n, rng).astype(dtype)
-    lam_b = np.full((x.shape[0], 1), lam, dtype=dtype)
+    weight = tv1d.Weight.of(lam, x.shape, 1, np.dtype(dtype))
     y = cupytv.prox_tv1d(x, lam, axis=-1)
     if direction == "forward":
         kernel = f"tv1d_condat<{tv1d._CTYPES[np.dtype(dtype)]}>"
         gpu_proxy.reset(tv1d.STEM)
         with _loader.probe_mode():
             out = np.empty_like(x)
-            tv1d._launch_forward("tv1d_condat", x, out, lam_b, (x.shape[0], n, 1), True)
+            tv1d._launch_forward("tv1d_condat", x, out, weight, (x.shape[0], n, 1), True)
         assert np.array_equal(out, y), "the staged GPU kernel disagrees with the host's"
         moved = 2
         tile = tv1d.BLOCK * (n | 1) * np.dtype(dtype).itemsize

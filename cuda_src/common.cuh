@@ -49,6 +49,23 @@ __device__ __forceinline__ index_t block_start_x() {
   return static_cast<index_t>(blockIdx.x) * static_cast<index_t>(blockDim.x);
 }
 
+// One weight per fiber, read without expanding it to every fiber on the host (the weight goes to
+// the kernel as the caller gave it: a scalar by value, an array with one entry per value).
+// lam_mod == 0: every fiber uses `value`, and `lam` is never read. Otherwise fiber f of the whole
+// array (launch-local fiber f of a chunk that starts at fiber `first`) reads
+// lam[((first + f) / div) % mod]: a weight that varies along consecutive dimensions of the fiber
+// grid (per channel of (N, C, L): div 1, mod C; per sample: div C, mod N; both: div 1, mod N*C).
+// The wrapper expands any other pattern to one entry per fiber (div 1, mod = fibers).
+template <typename T>
+struct FiberWeight {
+  const T* lam;
+  T value;
+  index_t first, div, mod;
+  __device__ __forceinline__ T operator()(index_t f) const {
+    return mod == 0 ? value : lam[((first + f) / div) % mod];
+  }
+};
+
 // Per-type constants: machine epsilon (2 x the unit roundoff), the largest finite value, a quiet
 // NaN (through bit patterns: NVRTC has no <limits>, and 0.0 / 0.0 is folded differently by
 // compilers), and gap_slack, the factor on eps in the 2D certificate's rounding slack (tv2d.cu

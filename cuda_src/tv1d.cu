@@ -6,11 +6,13 @@
 // Shapes and layout. The wrapper (cupytv/tv1d.py) makes x C-contiguous and views it as
 // (outer, n, inner) with the TV axis in the middle: fiber f = o*inner + i (o-major) has element k
 // at x[(o*n + k)*inner + i]. inner == 1 is the contiguous case (axis = last); inner > 1 are strided
-// fibers. y has x's layout. lam for fiber (o, i) is lam[o*lam_stride_outer + i*lam_stride_inner]
-// (strides 0, 0 for one scalar weight). All sizes, strides and indices are 64-bit.
+// fibers. y has x's layout. Fiber f's weight is cupytv::FiberWeight (common.cuh) built from the
+// arguments (lam, lam_value, lam_first, lam_div, lam_mod): lam_value for every fiber when
+// lam_mod == 0 (a scalar, passed by value), else lam[((lam_first + f) / lam_div) % lam_mod].
+// All sizes, strides and indices are 64-bit.
 //
 // Kernels (T = float or double; computed in T, sums and dual variables accumulated in double):
-//   tv1d_condat<T>(x, y, lam, lam_stride_outer, lam_stride_inner, outer, n, inner, scratch)
+//   tv1d_condat<T>(x, y, lam, lam_value, lam_first, lam_div, lam_mod, outer, n, inner, scratch)
 //       Condat's direct algorithm (L. Condat, "A direct algorithm for 1D total variation
 //       denoising", IEEE Signal Processing Letters 20(11), 2013), guarded against its quadratic
 //       worst case: a fiber whose scan exceeds TV1D_CONDAT_WORK_PER_SAMPLE * n steps (Condat's
@@ -39,6 +41,12 @@
 //       y_S = mean_S(x) + lam (s_out - s_in) / |S| (see cupytv/reference/tv1d.py). grad_lam has
 //       one entry per fiber (o-major); the wrapper sums it down to lam's shape. A fiber whose y
 //       holds NaN or +-Inf gets all-NaN grad_x and a NaN grad_lam.
+//   tv1d_weight_grad<T>(grad_fiber, grad_lam, fibers, div, mod)
+//       grad_lam[j] = sum of grad_fiber[f] over the fibers whose weight is entry j (the
+//       FiberWeight indexing: (f / div) % mod == j; a scalar weight is div = mod = 1), summed in
+//       double, one block per entry (grid = (mod,)), in a fixed order: the same bits on every run
+//       and executor. The wrapper uses it when each entry has many fibers (a scalar or
+//       per-channel weight); per-fiber weights need no sum.
 //
 // Output contract (the backward relies on it): every constant segment of y holds one value,
 // computed once and stored to each of its samples, so segments are runs of bit-identical values;
@@ -88,6 +96,8 @@
 // instantiate: tv1d_taut_string<double, false>
 // instantiate: tv1d_vjp<float>
 // instantiate: tv1d_vjp<double>
+// instantiate: tv1d_weight_grad<float>
+// instantiate: tv1d_weight_grad<double>
 //
 // Projected Newton (method "pn"): kernel tv1d_pn<T> with the forward signature above, its own
 // launch contract (block 128, shared_mem 0, scratch 16 / sizeof(T) * n elements per fiber) and
@@ -108,6 +118,7 @@
 namespace tv1d {
 
 using cupytv::index_t;
+using cupytv::FiberWeight;
 
 // Row length of a staged tile: odd, so that a warp reading one element of each row is free of
 // bank conflicts.
@@ -140,8 +151,7 @@ enum Method { kCondat, kTautString };
 // staging of contiguous fibers through shared memory.
 template <typename T, Method kMethod, bool kStage>
 __device__ __forceinline__ void forward(const T* __restrict__ x, T* __restrict__ y,
-                                        const T* __restrict__ lam, index_t lam_stride_outer,
-                                        index_t lam_stride_inner, index_t outer, index_t n,
+                                        const FiberWeight<T> lam, index_t outer, index_t n,
                                         index_t inner, T* __restrict__ scratch) {
   TV_PROBE(forward_setup);
   const index_t fibers = outer * inner;
@@ -176,7 +186,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ x, T* __restrict__
     __syncthreads();
     if (threadIdx.x < count) {
       TV_PROBE(staged_solve);
-      const T lam_f = lam[f * lam_stride_outer];  // inner == 1: fiber f is (o = f, i = 0)
+      const T lam_f = lam(f);
       T* mine = tile + threadIdx.x * row;
       if (kMethod == kCondat) {
         condat_in_place(mine, src + threadIdx.x * n, 1, n, lam_f, ws);
@@ -200,7 +210,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ x, T* __restrict__
   const index_t o = f / inner;
   const index_t i = f - o * inner;
   const index_t base = o * n * inner + i;
-  const T lam_f = lam[o * lam_stride_outer + i * lam_stride_inner];
+  const T lam_f = lam(f);
   if (kMethod == kCondat) {
     // A literal stride for contiguous fibers lets the compiler drop the index multiplications
     // from the scan (the host executor's main case; the strided call keeps the general form).
@@ -222,22 +232,24 @@ __device__ __forceinline__ void forward(const T* __restrict__ x, T* __restrict__
 
 template <typename T, bool kStage = true>
 __global__ void __launch_bounds__(TV1D_BLOCK)
-    tv1d_condat(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ lam,
-                cupytv::index_t lam_stride_outer, cupytv::index_t lam_stride_inner,
+    tv1d_condat(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ lam, T lam_value,
+                cupytv::index_t lam_first, cupytv::index_t lam_div, cupytv::index_t lam_mod,
                 cupytv::index_t outer, cupytv::index_t n, cupytv::index_t inner,
                 T* __restrict__ scratch) {
-  tv1d::forward<T, tv1d::kCondat, kStage>(x, y, lam, lam_stride_outer, lam_stride_inner, outer, n,
-                                          inner, scratch);
+  tv1d::forward<T, tv1d::kCondat, kStage>(
+      x, y, cupytv::FiberWeight<T>{lam, lam_value, lam_first, lam_div, lam_mod}, outer, n, inner,
+      scratch);
 }
 
 template <typename T, bool kStage = true>
 __global__ void __launch_bounds__(TV1D_BLOCK)
     tv1d_taut_string(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ lam,
-                     cupytv::index_t lam_stride_outer, cupytv::index_t lam_stride_inner,
-                     cupytv::index_t outer, cupytv::index_t n, cupytv::index_t inner,
-                     T* __restrict__ scratch) {
-  tv1d::forward<T, tv1d::kTautString, kStage>(x, y, lam, lam_stride_outer, lam_stride_inner, outer,
-                                            n, inner, scratch);
+                     T lam_value, cupytv::index_t lam_first, cupytv::index_t lam_div,
+                     cupytv::index_t lam_mod, cupytv::index_t outer, cupytv::index_t n,
+                     cupytv::index_t inner, T* __restrict__ scratch) {
+  tv1d::forward<T, tv1d::kTautString, kStage>(
+      x, y, cupytv::FiberWeight<T>{lam, lam_value, lam_first, lam_div, lam_mod}, outer, n, inner,
+      scratch);
 }
 
 namespace tv1d {
@@ -305,4 +317,27 @@ __global__ void __launch_bounds__(TV1D_BLOCK)
   // A literal stride for contiguous fibers, as in the forward.
   grad_lam[f] = inner == 1 ? tv1d::vjp_fiber(y + base, g + base, grad_x + base, 1, n, tiny)
                            : tv1d::vjp_fiber(y + base, g + base, grad_x + base, inner, n, tiny);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(TV1D_BLOCK)
+    tv1d_weight_grad(const T* __restrict__ grad_fiber, T* __restrict__ grad_lam,
+                     cupytv::index_t fibers, cupytv::index_t div, cupytv::index_t mod) {
+  using cupytv::index_t;
+  __shared__ double partial[TV1D_BLOCK];
+  const index_t j = blockIdx.x;
+  const index_t count = fibers / mod;  // the fibers that share entry j
+  double sum = 0.0;
+  for (index_t k = threadIdx.x; k < count; k += blockDim.x) {
+    // k-th fiber of entry j: f = (q * mod + j) * div + r with k = q * div + r.
+    const index_t q = k / div;
+    sum += static_cast<double>(grad_fiber[(q * mod + j) * div + (k - q * div)]);
+  }
+  partial[threadIdx.x] = sum;
+  __syncthreads();
+  for (unsigned int half = blockDim.x / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) grad_lam[j] = static_cast<T>(partial[0]);
 }

@@ -80,8 +80,8 @@
 // rounding floor) is flagged in `uncertified`, and the wrapper re-solves it with the taut string.
 //
 // Arguments (the tv1d_* forward contract): x, y: (outer, n, inner), C-contiguous; fiber (o, i)
-// holds x[(o*n + k)*inner + i]; lam for fiber (o, i) is lam[o*lam_stride_outer +
-// i*lam_stride_inner]. uncertified[f] = 1 for a fiber f that stopped without a certificate (see
+// holds x[(o*n + k)*inner + i]; fiber f = o*inner + i has the weight cupytv::FiberWeight built
+// from (lam, lam_value, lam_first, lam_div, lam_mod), as in tv1d.cu. uncertified[f] = 1 for a fiber f that stopped without a certificate (see
 // Caps), else untouched (the wrapper zeroes it). scratch: 16 bytes per element per fiber, i.e. TV1D_PN_SCRATCH_PER_ELEMENT(T)
 // = 16 / sizeof(T) elements of T (2 for double, 4 for float) times n * outer * inner in all: the
 // planes u and d for the solver, reused by the polish as its segment stack (first index as a
@@ -494,8 +494,8 @@ __device__ bool solve_fiber(Strided<const T> x, Strided<T> y, const Planes<T>& s
 
 template <typename T>
 __global__ void tv1d_pn(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ lam,
-                        cupytv::index_t lam_stride_outer, cupytv::index_t lam_stride_inner,
-                        cupytv::index_t outer, cupytv::index_t n, cupytv::index_t inner,
+                        T lam_value, cupytv::index_t lam_first, cupytv::index_t lam_div,
+                        cupytv::index_t lam_mod, cupytv::index_t outer, cupytv::index_t n, cupytv::index_t inner,
                         T* __restrict__ scratch, int* __restrict__ uncertified) {
   using cupytv::index_t;
   namespace pn = cupytv::tv1d_pn_detail;
@@ -511,7 +511,8 @@ __global__ void tv1d_pn(const T* __restrict__ x, T* __restrict__ y, const T* __r
   const pn::Planes<T> planes{scratch + f * pn::Planes<T>::count * n, n, 1};
 #endif
   if (!pn::solve_fiber<T>(pn::Strided<const T>{x + base, inner}, pn::Strided<T>{y + base, inner},
-                         planes, n, lam[o * lam_stride_outer + i * lam_stride_inner])) {
+                         planes, n,
+                         cupytv::FiberWeight<T>{lam, lam_value, lam_first, lam_div, lam_mod}(f))) {
     uncertified[f] = 1;
   }
 }

@@ -126,21 +126,59 @@ def lam_to_array(
     """Check one weight and return it as float64, broadcast to one value per fiber/slice.
 
     ``lam`` may be a scalar or any array that broadcasts (NumPy rules) against ``x_shape`` with
-    the axes in ``tv_axes`` reduced to size 1. The result has exactly that reduced shape.
-    ``compute_dtype``: the dtype the kernels read ``scale * lam`` in, when not float64; a value
-    it cannot hold is refused (it would round to inf: the taut string then returned NaN and the
-    2D solver a wrong result for a float32 x and lam = 1e39, finite in float64).
+    the axes in ``tv_axes`` reduced to size 1. The result has exactly that reduced shape (a
+    read-only broadcast view: no per-fiber copy). ``compute_dtype``: the dtype the kernels read
+    ``scale * lam`` in, when not float64; a value it cannot hold is refused (it would round to
+    inf: the taut string then returned NaN and the 2D solver a wrong result for a float32 x and
+    lam = 1e39, finite in float64).
     """
+    reduced = tuple(1 if d in tv_axes else s for d, s in enumerate(x_shape))
+    lam_arr = check_weight(lam, x_shape, tv_axes, name, compute_dtype=compute_dtype, scale=scale)
+    if isinstance(lam_arr, float):
+        # What np.broadcast_to returns, built directly (a third of the per-call cost of a scalar).
+        view = np.ndarray(reduced, np.float64, np.array([lam_arr]), 0, (0,) * len(reduced))
+        view.flags.writeable = False
+        return view
+    return np.broadcast_to(lam_arr, reduced)
+
+
+#: Python and NumPy scalar types a weight may be given as (bool is refused, as in arrays).
+_SCALAR_TYPES = (float, int, np.floating, np.integer)
+
+
+def check_weight(
+    lam,
+    x_shape: tuple[int, ...],
+    tv_axes: tuple[int, ...],
+    name: str = "lam",
+    *,
+    compute_dtype=None,
+    scale: int = 1,
+):
+    """The checks of :func:`lam_to_array`, without the broadcast: a real scalar comes back as a
+    Python float, anything else as a float64 NumPy array of its own shape.
+
+    Scalars take a path of plain float comparisons (a per-call cost of about a microsecond,
+    where array checks cost ~10 us); a value that fails them goes through the array path, so
+    the messages are the same either way.
+    """
+    if (isinstance(lam, _SCALAR_TYPES) and not isinstance(lam, (bool, np.bool_))) or (
+        type(lam) is np.ndarray and lam.ndim == 0 and lam.dtype.kind in "iuf"
+    ):  # a 0-d array too: what a torch op's scalar weight arrives as
+        value = float(lam)
+        limit = math.inf if compute_dtype is None else _max_finite(compute_dtype) / scale
+        if 0.0 <= value <= limit and value != math.inf:
+            return value
     lam_arr = host_array(lam)
     if lam_arr.dtype.kind not in "iuf":
         raise TypeError(f"{name}: expected a real number or real array, got dtype {lam_arr.dtype}")
     given = lam_arr.dtype.type  # bad values are shown in it: float32 -0.1, not -0.10000000149
     lam_arr = lam_arr.astype(np.float64, copy=False)
     reduced = tuple(1 if d in tv_axes else s for d, s in enumerate(x_shape))
-    try:
-        fits = np.broadcast_shapes(lam_arr.shape, reduced) == reduced
-    except ValueError:
-        fits = False
+    # Broadcasts to exactly `reduced` (np.broadcast_shapes, without its microseconds).
+    fits = lam_arr.ndim <= len(reduced) and all(
+        s in (1, r) for s, r in zip(lam_arr.shape[::-1], reduced[::-1], strict=False)
+    )
     if not fits:
         axes_txt = ", ".join(str(a) for a in tv_axes)
         # An array of one weight per TV axis is the likeliest intent; arrays are never pairs.
@@ -155,6 +193,13 @@ def lam_to_array(
             f"{tuple(x_shape)} with TV axis/axes {axes_txt} reduced to 1), got shape "
             f"{lam_arr.shape}{hint}"
         )
+    limit = math.inf if compute_dtype is None else _max_finite(compute_dtype) / scale
+    # One pass for the common case (NaN fails both comparisons); the checks below name the value.
+    if lam_arr.size == 0:
+        return lam_arr
+    high = lam_arr.max()
+    if 0.0 <= lam_arr.min() and high <= limit and high != math.inf:
+        return lam_arr
     if not np.all(np.isfinite(lam_arr)):
         bad = _first_bad(lam_arr, np.isfinite, given)
         raise ValueError(f"{name}: expected finite values, got {bad}")
@@ -163,7 +208,6 @@ def lam_to_array(
             f"{name}: expected values >= 0, got {_first_bad(lam_arr, lambda v: v >= 0, given)}"
         )
     if compute_dtype is not None:
-        limit = float(np.finfo(compute_dtype).max) / scale
         if np.any(lam_arr > limit):
             held = f"{scale} * {name}" if scale > 1 else name
             raise ValueError(
@@ -171,7 +215,16 @@ def lam_to_array(
                 f"{np.dtype(compute_dtype)}, the dtype x is computed in), got "
                 f"{_first_bad(lam_arr, lambda v: v <= limit, given)}"
             )
-    return np.broadcast_to(lam_arr, reduced)
+    return lam_arr
+
+
+_MAX_FINITE = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32, np.float64)}
+
+
+def _max_finite(dtype) -> float:
+    """The largest finite value of a float dtype (np.finfo costs microseconds per call)."""
+    found = _MAX_FINITE.get(dtype)
+    return float(np.finfo(dtype).max) if found is None else found
 
 
 def unbroadcast_view(a: np.ndarray) -> np.ndarray:

@@ -7,6 +7,8 @@ arrays on their own device and current stream; the code path is the same for bot
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from cupytv import _chunks, _loader
@@ -14,13 +16,12 @@ from cupytv._validation import (
     check_float_dtype,
     check_like,
     check_same_array_kind,
+    check_weight,
     host_array,
     is_cupy_array,
-    lam_to_array,
     method_entry,
     normalize_axis,
     unbroadcast,
-    unbroadcast_view,
     vjp_arguments,
 )
 
@@ -104,7 +105,7 @@ def prox_tv1d(x, lam, axis: int = -1, *, method: str = "auto", out=None):
         raise ValueError("x: expected an array with at least 1 dimension, got a 0-d array")
     ax = normalize_axis(axis, x.ndim)
     compute = _compute_dtype(dtype)
-    lam_b = lam_to_array(lam, x.shape, (ax,), compute_dtype=compute)
+    weight = Weight.of(lam, x.shape, ax, compute)
     if out is not None:
         _check_out(out, x, xp)
     outer, n, inner = _fiber_view(x.shape, ax)
@@ -118,7 +119,7 @@ def prox_tv1d(x, lam, axis: int = -1, *, method: str = "auto", out=None):
     # The host executor runs the unstaged kernels: CPU caches already serve a thread's contiguous
     # fiber, and a block barrier there costs ~35 ns per thread (docs/ARCHITECTURE.md).
     staged = xp is not np
-    _launch_forward(kernel, xc, y, lam_b, (outer, n, inner), staged)
+    _launch_forward(kernel, xc, y, weight, (outer, n, inner), staged)
     if direct:
         return out
     if out is not None:
@@ -198,13 +199,12 @@ def prox_tv1d_vjp(x, lam, g, axis: int = -1, *, y=None, fuse_atol: float = 0.0):
     if y.ndim == 0:
         raise ValueError("y: expected an array with at least 1 dimension, got a 0-d array")
     ax = normalize_axis(axis, y.ndim)
-    lam_b = lam_to_array(lam, y.shape, (ax,))
-    lam_shape = np.shape(lam)
-    if not (np.isfinite(fuse_atol) and fuse_atol >= 0):
+    weight = Weight.of(lam, y.shape, ax)
+    if not (fuse_atol >= 0 and fuse_atol != float("inf")):  # NaN fails the first test
         raise ValueError(f"fuse_atol: expected a finite number >= 0, got {fuse_atol!r}")
     outer, n, inner = _fiber_view(y.shape, ax)
     if y.size == 0:
-        return xp.zeros_like(y), xp.zeros(lam_shape, dtype=dtype)
+        return xp.zeros_like(y), xp.zeros(weight.shape, dtype=dtype)
     compute = _compute_dtype(dtype)
     yc = xp.ascontiguousarray(y, dtype=compute)
     gc = xp.ascontiguousarray(g, dtype=compute)
@@ -226,11 +226,105 @@ def prox_tv1d_vjp(x, lam, g, axis: int = -1, *, y=None, fuse_atol: float = 0.0):
             np.float64(fuse_atol),
         ),
     )
-    if np.any(unbroadcast_view(lam_b) == 0):
+    if weight.has_zero():
+        lam_b = weight.broadcast()
         grad_x, grad_fiber = _identity_vjp(gc, yc, grad_x, grad_fiber, lam_b, (outer, n, inner), xp)
-    # xp.asarray: NumPy reductions to 0-d return scalars; the contract is an array of lam's shape.
-    grad_lam = xp.asarray(unbroadcast(grad_fiber.reshape(lam_b.shape), lam_shape))
+    grad_lam = _weight_grad(grad_fiber, weight, xp)
     return grad_x.astype(dtype, copy=False), grad_lam.astype(dtype, copy=False)
+
+
+#: Fibers per weight entry from which the VJP sums the weight's gradient in a kernel
+#: (tv1d_weight_grad, one block per entry) rather than in array operations.
+WEIGHT_GRAD_MIN_FIBERS = 32
+
+
+class Weight:
+    """A checked 1D weight as the kernels read it (cupytv::FiberWeight in cuda_src/common.cuh).
+
+    Built from what the caller passed, never expanded to one value per fiber when avoidable: a
+    scalar goes by value (``mod == 0``), an array varying along consecutive dimensions of the
+    fiber grid (per channel, per sample, or both) as its own entries, read at
+    ``((fiber) // div) % mod``; any other pattern (e.g. varying along two separated dimensions)
+    is expanded to one entry per fiber. So a call's host cost does not grow with the number of
+    fibers (issue 17, item 5).
+
+    Attributes: ``value`` (float, for ``mod == 0``), ``data`` (float64 NumPy entries, else
+    None), ``div``, ``mod``, ``shape`` (lam's own shape: its gradient's), ``reduced`` (x's shape
+    with the TV axis at 1), ``fibers``.
+    """
+
+    __slots__ = ("value", "data", "div", "mod", "shape", "reduced", "fibers")
+
+    def __init__(self, value, data, div, mod, shape, reduced, fibers):
+        self.value, self.data, self.div, self.mod = value, data, div, mod
+        self.shape, self.reduced, self.fibers = shape, reduced, fibers
+
+    @classmethod
+    def of(cls, lam, shape: tuple[int, ...], ax: int, compute=None) -> Weight:
+        """Check ``lam`` against an array of ``shape`` whose fibers run along ``ax``."""
+        checked = check_weight(lam, shape, (ax,), compute_dtype=compute)
+        reduced = shape[:ax] + (1,) + shape[ax + 1 :]
+        fibers = math.prod(reduced)
+        if isinstance(checked, float):
+            return cls(checked, None, 1, 0, np.shape(lam), reduced, fibers)
+        padded = (1,) * (len(reduced) - checked.ndim) + checked.shape
+        if checked.size == 0:  # broadcast against an empty dimension: no fiber reads it
+            return cls(0.0, None, 1, 0, checked.shape, reduced, fibers)
+        varying = [d for d, size in enumerate(padded) if size > 1]
+        if not varying:
+            return cls(float(checked.reshape(-1)[0]), None, 1, 0, checked.shape, reduced, fibers)
+        lo, hi = varying[0], varying[-1]
+        if all(padded[d] == reduced[d] for d in range(lo, hi + 1)):
+            data = np.ascontiguousarray(checked).reshape(-1)
+            return cls(None, data, math.prod(reduced[hi + 1 :]), data.size, checked.shape,
+                       reduced, fibers)  # fmt: skip
+        data = np.ascontiguousarray(np.broadcast_to(checked.reshape(padded), reduced)).reshape(-1)
+        return cls(None, data, 1, fibers, checked.shape, reduced, fibers)
+
+    def arguments(self, compute: np.dtype, xp, like, first: int = 0) -> tuple:
+        """(lam, lam_value, lam_first, lam_div, lam_mod) for a launch whose fibers start at
+        ``first``; ``like``: any array of the compute dtype, passed where lam is never read."""
+        if self.mod == 0:
+            return (like, compute.type(self.value), np.int64(0), np.int64(1), np.int64(0))
+        lam = xp.asarray(self.data.astype(compute, copy=False))
+        return (lam, compute.type(0), np.int64(first), np.int64(self.div), np.int64(self.mod))
+
+    def per_fiber(self, fibers) -> np.ndarray:
+        """The weight of each (global) fiber index in ``fibers`` (a NumPy integer array)."""
+        if self.mod == 0:
+            return np.full(fibers.shape, self.value)
+        return self.data[(fibers // self.div) % self.mod]
+
+    def has_zero(self) -> bool:
+        return self.value == 0.0 if self.mod == 0 else bool(np.any(self.data == 0))
+
+    def broadcast(self) -> np.ndarray:
+        """One value per fiber, shape ``reduced`` (a broadcast view where possible)."""
+        if self.mod == 0:
+            return np.broadcast_to(np.float64(self.value), self.reduced)
+        return self.per_fiber(np.arange(self.fibers)).reshape(self.reduced)
+
+
+def _weight_grad(grad_fiber, weight: Weight, xp):
+    """Sum the per-fiber weight gradients down to lam's shape (an array, 0-d for a scalar)."""
+    if weight.mod == 0:
+        entries, div = 1, 1
+    elif weight.mod == weight.fibers and weight.div == 1:  # one entry per fiber: nothing to sum
+        return xp.asarray(unbroadcast(grad_fiber.reshape(weight.reduced), weight.shape))
+    else:
+        entries, div = weight.mod, weight.div
+    if weight.fibers // entries < WEIGHT_GRAD_MIN_FIBERS:
+        summed = grad_fiber.reshape(-1, entries, div).sum(axis=(0, 2))
+    else:
+        summed = xp.empty(entries, dtype=grad_fiber.dtype)
+        _loader.launch(
+            STEM,
+            f"tv1d_weight_grad<{_CTYPES[grad_fiber.dtype]}>",
+            (entries,),
+            (BLOCK,),
+            (grad_fiber, summed, np.int64(weight.fibers), np.int64(div), np.int64(entries)),
+        )
+    return summed.reshape(weight.shape)
 
 
 def _identity_vjp(g, y, grad_x, grad_fiber, lam_b, view, xp):
@@ -266,11 +360,11 @@ def jump_turns(y, axis: int, xp):
     return xp.concatenate([steps, edge], axis=axis) - xp.concatenate([edge, steps], axis=axis)
 
 
-def _launch_forward(kernel: str, xc, y, lam_b, view, staged: bool) -> None:
+def _launch_forward(kernel: str, xc, y, weight: Weight, view, staged: bool) -> None:
     """Launch a forward kernel per the contract in cuda_src/tv1d.cu.
 
-    ``xc`` and ``y``: C-contiguous, distinct, of the compute dtype; ``lam_b``: lam broadcast to x's
-    shape with the TV axis reduced to 1; ``view``: (outer, n, inner). ``staged`` picks the kernel
+    ``xc`` and ``y``: C-contiguous, distinct, of the compute dtype; ``weight``: lam for x's fibers
+    (:class:`Weight`); ``view``: (outer, n, inner). ``staged`` picks the kernel
     that stages contiguous fibers through shared memory (``<kernel><T>``, for GPUs) over the one
     that reads them in place (``<kernel><T, false>``, for the host executor). Methods with
     workspace (32 or 16 bytes per sample: 8 or 4 times a float32 input) run on chunks of whole
@@ -279,7 +373,6 @@ def _launch_forward(kernel: str, xc, y, lam_b, view, staged: bool) -> None:
     outer, n, inner = view
     xp = np if isinstance(xc, np.ndarray) else _array_module(xc, "x")
     compute = xc.dtype
-    lam_dev, lam_strides = _lam_argument(lam_b, outer, inner, compute, xp)
     per_fiber = _scratch_per_fiber(kernel, n, compute)
     row_bytes = per_fiber * inner * compute.itemsize
     rows = _chunks.chunk_items(outer, row_bytes, xc.nbytes, n * inner, xp)
@@ -304,9 +397,7 @@ def _launch_forward(kernel: str, xc, y, lam_b, view, staged: bool) -> None:
             (
                 x2[lo:hi],
                 y2[lo:hi],
-                lam_dev[lo * lam_strides[0] :],
-                np.int64(lam_strides[0]),
-                np.int64(lam_strides[1]),
+                *weight.arguments(compute, xp, y, lo * inner),
                 np.int64(hi - lo),
                 np.int64(n),
                 np.int64(inner),
@@ -316,10 +407,10 @@ def _launch_forward(kernel: str, xc, y, lam_b, view, staged: bool) -> None:
             shared_mem=shared,
         )
     if pn:
-        _resolve_uncertified(uncertified, xc, y, lam_b, view)
+        _resolve_uncertified(uncertified, xc, y, weight, view)
 
 
-def _resolve_uncertified(uncertified, xc, y, lam_b, view) -> None:
+def _resolve_uncertified(uncertified, xc, y, weight: Weight, view) -> None:
     """Re-solve with the taut string (exact, linear time) the fibers projected Newton flagged:
     stopped at its iteration cap or stalled without its certificate, where its polish may miss a
     jump (two concatenated ramps with lam = 1e3 came out 4.4 off, silently). Rare on real data
@@ -333,12 +424,10 @@ def _resolve_uncertified(uncertified, xc, y, lam_b, view) -> None:
     o, i = flagged // inner, flagged % inner
     x3, y3 = xc.reshape(outer, n, inner), y.reshape(outer, n, inner)
     fibers = xp.ascontiguousarray(x3[o, :, i])  # (flagged, n)
-    if lam_b.size == 1:  # one weight for every fiber (lam_b is NumPy: see _lam_argument)
-        lam_f = np.full((fibers.shape[0], 1), lam_b.flat[0])
-    else:
-        lam_f = lam_b.reshape(outer, inner)[host_array(o), host_array(i)].reshape(-1, 1)
+    count = fibers.shape[0]
+    lam_f = Weight.of(weight.per_fiber(host_array(flagged)).reshape(count, 1), (count, n), 1)
     solved = xp.empty_like(fibers)
-    _launch_forward(METHODS["taut_string"], fibers, solved, lam_f, (fibers.shape[0], n, 1),
+    _launch_forward(METHODS["taut_string"], fibers, solved, lam_f, (count, n, 1),
                     staged=xp is not np)  # fmt: skip
     y3[o, :, i] = solved
 
@@ -372,11 +461,7 @@ def _compute_dtype(dtype: np.dtype) -> np.dtype:
 
 def _fiber_view(shape: tuple[int, ...], ax: int) -> tuple[int, int, int]:
     """(outer, n, inner) of a C-contiguous array viewed with the TV axis in the middle."""
-    return (
-        int(np.prod(shape[:ax], dtype=np.int64)),
-        shape[ax],
-        int(np.prod(shape[ax + 1 :], dtype=np.int64)),
-    )
+    return math.prod(shape[:ax]), shape[ax], math.prod(shape[ax + 1 :])
 
 
 def _check_out(out, x, xp) -> None:
@@ -389,15 +474,6 @@ def _check_out(out, x, xp) -> None:
         raise ValueError("out: expected a C-contiguous array, got a non-contiguous one")
     if xp is np and not out.flags.writeable:
         raise ValueError("out: expected a writeable array, got a read-only one")
-
-
-def _lam_argument(lam_b: np.ndarray, outer: int, inner: int, compute: np.dtype, xp):
-    """lam as the kernel reads it: (array of T, (stride_outer, stride_inner)) in elements."""
-    if unbroadcast_view(lam_b).size == 1:  # one weight for every fiber: read with strides 0
-        return xp.asarray(np.asarray([lam_b.flat[0]], dtype=compute)), (0, 0)
-    # The reduced shape has x's dimensions with the TV axis at 1: (outer, 1, inner) in order.
-    lam_c = np.ascontiguousarray(lam_b, dtype=compute).reshape(outer, inner)
-    return xp.asarray(lam_c), (inner, 1)
 
 
 def _scratch_per_fiber(kernel: str, n: int, compute: np.dtype) -> int:

@@ -86,10 +86,11 @@ class Launch:
 
 
 def _cases_1d():
-    """Issue #17's 1D cases, reduced to what fixes the launch: the fiber length and dtype."""
+    """Issue #17's 1D cases, reduced to what fixes the launch: the fiber length and dtype (and
+    enough fibers for the VJP to sum a scalar weight's gradient in its kernel)."""
     for n in (32, 1024):
         for dtype in (np.float32, np.float64):
-            yield f"n={n} {np.dtype(dtype).name}", (4, n), dtype
+            yield f"n={n} {np.dtype(dtype).name}", (tv1d.WEIGHT_GRAD_MIN_FIBERS, n), dtype
 
 
 def _cases_2d():
@@ -118,11 +119,11 @@ def wrapper_launches() -> list[Launch]:
     rng = np.random.default_rng(0)
     for label, shape, dtype in _cases_1d():
         x = rng.standard_normal(shape).astype(dtype)
-        lam_b = _loader_lam(x)
+        weight = tv1d.Weight.of(0.1, x.shape, x.ndim - 1, x.dtype)
         for method, kernel in tv1d.METHODS.items():
             with _recording(calls, f"1D forward {method} {label}"), contextlib.suppress(Exception):
                 # staged=True: the GPU's choice (prox_tv1d stages whenever x is not NumPy).
-                tv1d._launch_forward(kernel, x, np.empty_like(x), lam_b, (shape[0], shape[1], 1),
+                tv1d._launch_forward(kernel, x, np.empty_like(x), weight, (shape[0], shape[1], 1),
                                      staged=True)  # fmt: skip
         with _recording(calls, f"1D vjp {label}"), contextlib.suppress(Exception):
             tv1d.prox_tv1d_vjp(None, 0.1, x, -1, y=x)
@@ -138,12 +139,6 @@ def wrapper_launches() -> list[Launch]:
         with _recording(calls, f"2D jvp {label}"), contextlib.suppress(Exception):
             tv2d.prox_tv2d_jvp(x, 0.1, x, 0.0, n_iter=1)
     return calls
-
-
-def _loader_lam(x):
-    from cupytv._validation import lam_to_array
-
-    return lam_to_array(0.1, x.shape, (x.ndim - 1,), compute_dtype=x.dtype)
 
 
 def occupancy(limits: SmLimits, registers: int, static_shared: int, threads: int, dynamic: int):

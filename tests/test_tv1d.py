@@ -312,6 +312,72 @@ def test_vjp_matches_reference(xp, rng, method, dtype):
         np.testing.assert_allclose(host_array(gl), rgl, rtol=0, atol=4 * n * tol, err_msg=f"{n=}")
 
 
+# Weights as the kernels read them (cupytv::FiberWeight): by value, by channel / sample / both
+# without expanding, and the expanded fallback for a pattern that varies along two separated
+# dimensions. (8, 5, 40, 3) along axis 2 has 120 fibers; (96, 4, 30) along the last, 384.
+WEIGHT_LAYOUTS = [
+    ((8, 5, 40, 3), 2, ()),
+    ((8, 5, 40, 3), 2, (5, 1, 1)),  # per channel: div 3, mod 5
+    ((8, 5, 40, 3), 2, (8, 1, 1, 1)),  # per sample: div 15, mod 8
+    ((8, 5, 40, 3), 2, (8, 5, 1, 1)),  # both
+    ((8, 5, 40, 3), 2, (3,)),  # along the strided fibers' inner dimension
+    ((8, 5, 40, 3), 2, (8, 1, 1, 3)),  # separated dimensions: expanded to one entry per fiber
+    ((8, 5, 40, 3), 2, (8, 5, 1, 3)),  # one weight per fiber
+    ((8, 5, 40, 3), 0, (1, 5, 1, 3)),  # axis 0: the fibers are (5, 40, 3)
+    ((96, 4, 30), -1, (4, 1)),  # 96 fibers per entry: the VJP sums them in tv1d_weight_grad
+    ((96, 4, 30), -1, (96, 1, 1)),  # 4 per entry: summed in array operations
+    ((96, 4, 30), -1, ()),
+]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(("shape", "axis", "lam_shape"), WEIGHT_LAYOUTS)
+def test_weight_layouts_match_reference(xp, rng, method, shape, axis, lam_shape):
+    x = rng.standard_normal(shape)
+    lam = rng.uniform(0.05, 1.5, lam_shape) if lam_shape else 0.7
+    g = rng.standard_normal(shape)
+    y = cupytv.prox_tv1d(xp.asarray(x), lam, axis=axis, method=method)
+    want = reference.prox_tv1d(x, lam, axis=axis)
+    np.testing.assert_allclose(host_array(y), want, rtol=0, atol=tolerance(x, np.float64))
+    gx, gl = cupytv.prox_tv1d_vjp(None, lam, xp.asarray(g), axis, y=y)
+    rgx, rgl = reference.prox_tv1d_vjp(x, lam, g, axis)
+    assert gl.shape == np.shape(lam)
+    tol = 1e-12 * shape[axis] * float(np.abs(g).max())
+    np.testing.assert_allclose(host_array(gx), rgx, rtol=0, atol=tol)
+    np.testing.assert_allclose(host_array(gl), rgl, rtol=0, atol=tol * x.size)
+
+
+def test_weight_layouts_survive_chunked_launches(monkeypatch, rng):
+    # Workspace methods split the fibers into chunks; each launch reads the weight at its own
+    # first fiber (lam_first). Force chunks of 7 rows of a per-channel (5) weight.
+    from cupytv import _chunks
+
+    monkeypatch.setattr(_chunks, "chunk_items", lambda count, *args: min(count, 7))
+    x = rng.standard_normal((23, 5, 80))
+    lam = rng.uniform(0.1, 2.0, (5, 1))
+    want = reference.prox_tv1d(x, lam)
+    for method in METHODS:
+        y = cupytv.prox_tv1d(x, lam, method=method)
+        np.testing.assert_allclose(y, want, rtol=0, atol=tolerance(x, np.float64), err_msg=method)
+
+
+def test_weight_arguments_are_the_callers_values_not_one_per_fiber():
+    # The host cost of a call must not grow with the fibers (issue 17, item 5).
+    shape = (4096, 16, 8)
+    scalar = tv1d.Weight.of(0.5, shape, 2, np.dtype(np.float32))
+    assert (scalar.mod, scalar.value, scalar.data) == (0, 0.5, None)
+    channel = tv1d.Weight.of(np.ones((16, 1)), shape, 2)
+    assert (channel.div, channel.mod, channel.data.size) == (1, 16, 16)
+    sample = tv1d.Weight.of(np.ones((4096, 1, 1)), shape, 2)
+    assert (sample.div, sample.mod) == (16, 4096)
+    separated = tv1d.Weight.of(np.ones((4096, 1, 8)), shape, 1)  # fibers (4096, 8): contiguous
+    assert (separated.div, separated.mod) == (1, 4096 * 8)
+    gapped = tv1d.Weight.of(np.ones((2, 1, 1, 3)), (2, 4, 5, 3), 2)  # varies on dims 0 and 3
+    assert (gapped.div, gapped.mod, gapped.data.size) == (1, 24, 24)
+    fibers = np.arange(24)
+    np.testing.assert_array_equal(gapped.per_fiber(fibers), 1.0)
+
+
 def test_vjp_matches_central_differences(xp, rng):
     # The prox is piecewise affine in (x, lam): a central difference with a step far below the
     # distance to the next kink is exact up to rounding (eps * |f| / h ~ 1e-10 here).
@@ -438,11 +504,11 @@ def test_staged_and_unstaged_kernels_agree_bit_for_bit(rng, kernel, dtype):
             x = rng.standard_normal((fibers, n)).astype(dtype)
             x[::7] = np.arange(n) / max(n, 1)  # ramps; with lam = 50 they exceed the budget
             lam = np.where(np.arange(fibers) % 7 == 0, 50.0, rng.uniform(0, 1, fibers))[:, None]
-            lam_b = np.asarray(lam, dtype=np.float64)
+            weight = tv1d.Weight.of(lam, x.shape, 1)
             results = []
             for staged in (True, False):
                 y = np.full_like(x, np.nan)
-                tv1d._launch_forward(kernel, x, y, lam_b, (fibers, n, 1), staged)
+                tv1d._launch_forward(kernel, x, y, weight, (fibers, n, 1), staged)
                 results.append(y)
             np.testing.assert_array_equal(results[0], results[1], err_msg=f"{n=} {fibers=}")
             assert_kkt(x, results[0], lam.astype(dtype), tolerance(x, dtype))

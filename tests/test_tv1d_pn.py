@@ -65,17 +65,18 @@ def run_pn(x, lam, defines: tuple[str, ...] = (), flags: list | None = None) -> 
     """
     x = np.ascontiguousarray(x)
     outer, n, inner = x.shape
+    fibers = outer * inner
+    # The kernel's weight (cupytv::FiberWeight): a scalar by value, else one entry per fiber.
     if np.ndim(lam) == 0:
-        lam_arr, strides = np.full(1, lam, dtype=x.dtype), (0, 0)
+        lam_args = (np.zeros(1, x.dtype), x.dtype.type(lam), np.int64(0), np.int64(1), np.int64(0))
     else:
         lam_arr = np.ascontiguousarray(np.broadcast_to(lam, (outer, inner)), dtype=x.dtype)
-        strides = (inner, 1)
-    fibers = outer * inner
+        lam_args = (lam_arr, x.dtype.type(0), np.int64(0), np.int64(1), np.int64(max(1, fibers)))
     y = np.full_like(x, 12345.0)
     per_element = SCRATCH_BYTES_PER_ELEMENT // x.itemsize
     scratch = np.full(max(1, per_element * n * fibers), np.nan, dtype=x.dtype)
     kernel = module(defines).get_function(f"tv1d_pn<{CTYPES[x.dtype]}>")
-    args = (x, y, lam_arr, np.int64(strides[0]), np.int64(strides[1]), np.int64(outer))
+    args = (x, y, *lam_args, np.int64(outer))
     uncertified = np.zeros(max(1, fibers), dtype=np.int32)
     args += (np.int64(n), np.int64(inner), scratch, uncertified)
     kernel(((fibers + BLOCK - 1) // BLOCK,), (BLOCK,), args)

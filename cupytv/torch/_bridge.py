@@ -12,6 +12,7 @@ import numbers
 
 import numpy as np
 import torch
+from torch._functorch.utils import unwrap_dead_wrappers
 
 from cupytv._host.launch import default_threads_for_caller
 from cupytv._validation import is_cupy_array
@@ -117,7 +118,14 @@ def apply(function: type[torch.autograd.Function], op, *args):
     """
     if torch.compiler.is_compiling():
         return op(*args)
-    return function.apply(*(Leaf(a) if isinstance(a, list) else a for a in args))
+    args = tuple(Leaf(a) if isinstance(a, list) else a for a in args)
+    if torch._C._are_functorch_transforms_active():
+        return function.apply(*args)
+    # What Function.apply does when no torch.func transform is active, less the
+    # inspect.signature binding of the forward's default arguments it runs first on every call
+    # (~30 us, more than the rest of a small call; our forwards have no defaults to bind).
+    # super(Function, ...).apply is torch._C._FunctionBase.apply, as Function.apply calls it.
+    return super(torch.autograd.Function, function).apply(*unwrap_dead_wrappers(args))
 
 
 class Leaf(tuple):
@@ -214,12 +222,15 @@ class Layout:
         self.order = order if dense else None
         # A weight that does not fit x is left for the array API to refuse, in x's own order
         # (its message names shapes as the caller wrote them).
+        if self.order is None:
+            return
         reduced = [1 if d in tv_axes else n for d, n in enumerate(x.shape)]
         for w in weights:
-            try:
-                fits = list(torch.broadcast_shapes(w.shape, reduced)) == reduced
-            except RuntimeError:
-                fits = False
+            # Broadcasts to exactly `reduced` (torch.broadcast_shapes costs ~15 us a call).
+            shape = w.shape
+            fits = len(shape) <= len(reduced) and all(
+                s in (1, r) for s, r in zip(reversed(shape), reversed(reduced), strict=False)
+            )
             if not fits:
                 self.order = None
 
