@@ -198,7 +198,7 @@ def check_weight(
     if lam_arr.size == 0:
         return lam_arr
     high = lam_arr.max()
-    if 0.0 <= lam_arr.min() and high <= limit and high != math.inf:
+    if lam_arr.min() >= 0.0 and high <= limit and high != math.inf:
         return lam_arr
     if not np.all(np.isfinite(lam_arr)):
         bad = _first_bad(lam_arr, np.isfinite, given)
@@ -207,14 +207,13 @@ def check_weight(
         raise ValueError(
             f"{name}: expected values >= 0, got {_first_bad(lam_arr, lambda v: v >= 0, given)}"
         )
-    if compute_dtype is not None:
-        if np.any(lam_arr > limit):
-            held = f"{scale} * {name}" if scale > 1 else name
-            raise ValueError(
-                f"{name}: expected values <= {limit:.4g} ({held} must fit in "
-                f"{np.dtype(compute_dtype)}, the dtype x is computed in), got "
-                f"{_first_bad(lam_arr, lambda v: v <= limit, given)}"
-            )
+    if compute_dtype is not None and np.any(lam_arr > limit):
+        held = f"{scale} * {name}" if scale > 1 else name
+        raise ValueError(
+            f"{name}: expected values <= {limit:.4g} ({held} must fit in "
+            f"{np.dtype(compute_dtype)}, the dtype x is computed in), got "
+            f"{_first_bad(lam_arr, lambda v: v <= limit, given)}"
+        )
     return lam_arr
 
 

@@ -253,7 +253,7 @@ class Weight:
     with the TV axis at 1), ``fibers``.
     """
 
-    __slots__ = ("value", "data", "div", "mod", "shape", "reduced", "fibers")
+    __slots__ = ("data", "div", "fibers", "mod", "reduced", "shape", "value")
 
     def __init__(self, value, data, div, mod, shape, reduced, fibers):
         self.value, self.data, self.div, self.mod = value, data, div, mod
@@ -263,7 +263,7 @@ class Weight:
     def of(cls, lam, shape: tuple[int, ...], ax: int, compute=None) -> Weight:
         """Check ``lam`` against an array of ``shape`` whose fibers run along ``ax``."""
         checked = check_weight(lam, shape, (ax,), compute_dtype=compute)
-        reduced = shape[:ax] + (1,) + shape[ax + 1 :]
+        reduced = (*shape[:ax], 1, *shape[ax + 1 :])
         fibers = math.prod(reduced)
         if isinstance(checked, float):
             return cls(checked, None, 1, 0, np.shape(lam), reduced, fibers)

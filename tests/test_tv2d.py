@@ -314,6 +314,33 @@ def test_fused_and_multi_launch_paths_are_bit_identical(xp, rng, shape, dtype, m
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("path", ["fused", "multi"])
+def test_the_record_is_written_before_it_is_read(monkeypatch, xp, rng, path):
+    # The backward's record is allocated uninitialised; garbage in it must change no bit of the
+    # gradients or of the tangent. Slices run different counts (one runs none: zero x), so words
+    # of iterations a slice did not run are left as garbage.
+    x = to(xp, rng.standard_normal((3, 20, 24)), np.float64)
+    x[1] = 0
+    g = to(xp, rng.standard_normal((3, 20, 24)), np.float64)
+    counts = xp.asarray(np.array([7, 0, 3], np.int32))
+
+    def run():
+        pb = tv2d._Problem(x, (0.2, 0.35), (-2, -1), 300, 1e-6, "accelerated")
+        gx, gl = tv2d._backward(pb, pb.flat(g), counts, path)
+        lam_dot = [tv2d._slice_values(pb, v, "lam_dot") for v in (0.3, -0.1)]
+        tangent = tv2d._tangent(pb, pb.flat(g), *lam_dot, counts)
+        return [host_array(a) for a in (gx, gl, tangent)]
+
+    def record(value):
+        return lambda xp, words: xp.full(max(1, words), value, dtype=np.uint32)
+
+    monkeypatch.setattr(tv2d, "_record", record(0))
+    clean = run()
+    monkeypatch.setattr(tv2d, "_record", record(0xAAAAAAAA))  # every code "down"
+    for a, b in zip(run(), clean, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_fused_limit(rng):
     # 64 x 64 float32 with Dykstra (issue: "certainly" fused) and smaller fit; 64 x 64 float64
     # and 65 wide do not.

@@ -10,7 +10,6 @@ refused here, where CI runs.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import ctypes
 import functools
@@ -89,14 +88,24 @@ def default_num_threads() -> int:
         return os.cpu_count() or 1
 
 
-@contextlib.contextmanager
-def default_threads_for_caller(n: int):
-    """Within this context, launches use ``n`` threads unless :func:`set_num_threads` was called."""
-    token = _caller_workers.set(max(1, int(n)))
-    try:
-        yield
-    finally:
-        _caller_workers.reset(token)
+class default_threads_for_caller:  # a context manager, named as the function it replaced
+    """Within this context, launches use ``n`` threads unless :func:`set_num_threads` was called.
+
+    A class, not a generator context manager: the torch ops enter it on every call.
+    """
+
+    __slots__ = ("_n", "_token")
+
+    def __init__(self, n: int):
+        self._n = max(1, int(n))
+
+    def __enter__(self):
+        self._token = _caller_workers.set(self._n)
+        return self
+
+    def __exit__(self, *exc):
+        _caller_workers.reset(self._token)
+        return False
 
 
 def launch_workers() -> int:

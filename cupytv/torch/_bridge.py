@@ -13,6 +13,7 @@ import numbers
 import numpy as np
 import torch
 from torch._functorch.utils import unwrap_dead_wrappers
+from torch.autograd import forward_ad
 
 from cupytv._host.launch import default_threads_for_caller
 from cupytv._validation import is_cupy_array
@@ -46,23 +47,39 @@ def from_array(a) -> torch.Tensor:
     return torch.from_dlpack(a).contiguous()
 
 
-@contextlib.contextmanager
-def on_stream(t: torch.Tensor):
+class on_stream:  # used as a function: ``with on_stream(x):``
     """Make CuPy launch on ``t``'s device and PyTorch's current stream there; on the CPU, run
     host launches on ``torch.get_num_threads()`` threads (unless ``cupytv.set_num_threads`` was
-    called), so that a model's thread setting covers our ops as it covers torch's own."""
-    if t.device.type == "cpu":
-        with default_threads_for_caller(torch.get_num_threads()):
-            yield
-        return
-    if t.device.type != "cuda":
-        yield
-        return
-    import cupy
+    called), so that a model's thread setting covers our ops as it covers torch's own.
 
-    stream = torch.cuda.current_stream(t.device)
-    with cupy.cuda.Device(t.device.index), cupy.cuda.ExternalStream(stream.cuda_stream):
-        yield
+    A class rather than a generator context manager: this is on every call's path, and
+    contextlib's machinery cost ~2 us of it.
+    """
+
+    __slots__ = ("_inner", "_t")
+
+    def __init__(self, t: torch.Tensor):
+        self._t = t
+        self._inner = None
+
+    def __enter__(self):
+        t = self._t
+        if t.device.type == "cpu":
+            self._inner = default_threads_for_caller(torch.get_num_threads())
+            self._inner.__enter__()
+        elif t.device.type == "cuda":
+            import cupy
+
+            stream = torch.cuda.current_stream(t.device)
+            self._inner = contextlib.ExitStack()
+            self._inner.enter_context(cupy.cuda.Device(t.device.index))
+            self._inner.enter_context(cupy.cuda.ExternalStream(stream.cuda_stream))
+        return self
+
+    def __exit__(self, *exc):
+        if self._inner is not None:
+            self._inner.__exit__(*exc)
+        return False
 
 
 #: Each op's Python implementation, by the op's name ("cupytv::prox_tv1d"), for :func:`call`.
@@ -118,14 +135,28 @@ def apply(function: type[torch.autograd.Function], op, *args):
     """
     if torch.compiler.is_compiling():
         return op(*args)
-    args = tuple(Leaf(a) if isinstance(a, list) else a for a in args)
     if torch._C._are_functorch_transforms_active():
-        return function.apply(*args)
+        return function.apply(*(Leaf(a) if isinstance(a, list) else a for a in args))
+    if not _records_autograd(args):
+        # Nothing to differentiate (inference, or a backward without create_graph): no graph
+        # node to build, so no Function (~10 us of a small call).
+        return call(op, *args)
+    args = tuple(Leaf(a) if isinstance(a, list) else a for a in args)
     # What Function.apply does when no torch.func transform is active, less the
     # inspect.signature binding of the forward's default arguments it runs first on every call
     # (~30 us, more than the rest of a small call; our forwards have no defaults to bind).
     # super(Function, ...).apply is torch._C._FunctionBase.apply, as Function.apply calls it.
     return super(torch.autograd.Function, function).apply(*unwrap_dead_wrappers(args))
+
+
+def _records_autograd(args) -> bool:
+    """Whether a call with ``args`` must go through its Function: a tensor that requires grad
+    with grad mode on, or forward AD active (its dual tensors need not require grad)."""
+    if getattr(forward_ad, "_current_level", 0) >= 0:  # unknown (private): assume active
+        return True
+    if not torch.is_grad_enabled():
+        return False
+    return any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
 
 
 class Leaf(tuple):
@@ -179,7 +210,22 @@ def lam_tensor(lam, x: torch.Tensor, name: str = "lam") -> torch.Tensor:
             lam = lam.to(compute_dtype(x.dtype))
         return lam
     _check_real(lam, name)
-    return torch.as_tensor(lam, dtype=compute_dtype(x.dtype), device=x.device)
+    dtype = compute_dtype(x.dtype)
+    if type(lam) is not float or torch.compiler.is_compiling():
+        return torch.as_tensor(lam, dtype=dtype, device=x.device)
+    # A layer calls with the same Python weight every step: keep its 0-d tensor (never written:
+    # the ops read their weights, and autograd only saves them).
+    key = (lam, dtype, x.device)
+    found = _SCALAR_WEIGHTS.get(key)
+    if found is None:
+        if len(_SCALAR_WEIGHTS) >= _SCALAR_WEIGHTS_MAX:
+            _SCALAR_WEIGHTS.clear()
+        found = _SCALAR_WEIGHTS[key] = torch.as_tensor(lam, dtype=dtype, device=x.device)
+    return found
+
+
+_SCALAR_WEIGHTS: dict[tuple, torch.Tensor] = {}
+_SCALAR_WEIGHTS_MAX = 256
 
 
 def _check_real(lam, name: str) -> None:
