@@ -51,6 +51,8 @@ def check_float_dtype(dtype, name: str = "x") -> np.dtype:
 
 def normalize_axis(axis, ndim: int, name: str = "axis") -> int:
     """Return ``axis`` as a non-negative index into ``ndim`` dimensions."""
+    if type(axis) is int and -ndim <= axis < ndim:
+        return axis % ndim
     if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
         raise TypeError(f"{name}: expected an int, got {type(axis).__name__}")
     if not -ndim <= axis < ndim:
@@ -82,6 +84,8 @@ def check_max_iter(max_iter, minimum: int = 0) -> int:
     bool is refused (``max_iter=True`` is a typo, not one iteration), and so are floats, which
     ``int()`` would truncate silently.
     """
+    if type(max_iter) is int and 0 <= minimum <= max_iter <= MAX_ITERATIONS:
+        return max_iter  # the common case, without the ABC checks below (~1 us)
     if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral):
         raise TypeError(f"max_iter: expected an int, got {type(max_iter).__name__}")
     if not minimum <= max_iter <= MAX_ITERATIONS:
@@ -94,6 +98,8 @@ def check_tol(tol) -> float:
 
     bool and strings are refused rather than converted (``float("1e-3")`` would pass silently).
     """
+    if type(tol) is float and 0.0 <= tol < math.inf:
+        return tol  # the common case, without the ABC checks below
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
         raise TypeError(f"tol: expected a real number, got {type(tol).__name__}")
     if not (math.isfinite(tol) and tol >= 0):
@@ -103,7 +109,7 @@ def check_tol(tol) -> float:
 
 def normalize_axes(axes, ndim: int) -> tuple[int, int]:
     """Return two distinct non-negative axes for a 2D operator."""
-    if not isinstance(axes, Sequence) or len(axes) != 2:
+    if not isinstance(axes, (tuple, list, Sequence)) or len(axes) != 2:
         raise ValueError(f"axes: expected a pair of distinct axes, got {axes!r}")
     if ndim < 2:
         raise ValueError(f"x: expected at least 2 dimensions for a 2D operator, got {ndim}")

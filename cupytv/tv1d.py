@@ -266,7 +266,7 @@ class Weight:
         reduced = (*shape[:ax], 1, *shape[ax + 1 :])
         fibers = math.prod(reduced)
         if isinstance(checked, float):
-            return cls(checked, None, 1, 0, np.shape(lam), reduced, fibers)
+            return cls(checked, None, 1, 0, getattr(lam, "shape", ()), reduced, fibers)
         padded = (1,) * (len(reduced) - checked.ndim) + checked.shape
         if checked.size == 0:  # broadcast against an empty dimension: no fiber reads it
             return cls(0.0, None, 1, 0, checked.shape, reduced, fibers)
@@ -375,7 +375,8 @@ def _launch_forward(kernel: str, xc, y, weight: Weight, view, staged: bool) -> N
     compute = xc.dtype
     per_fiber = _scratch_per_fiber(kernel, n, compute)
     row_bytes = per_fiber * inner * compute.itemsize
-    rows = _chunks.chunk_items(outer, row_bytes, xc.nbytes, n * inner, xp)
+    # Without workspace, one launch takes every fiber.
+    rows = _chunks.chunk_items(outer, row_bytes, xc.nbytes, n * inner, xp) if per_fiber else outer
     scratch = xp.empty(max(1, rows * inner * per_fiber), dtype=compute)
     ctype = _CTYPES[compute]
     pn = kernel == METHODS["pn"]

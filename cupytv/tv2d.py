@@ -362,7 +362,7 @@ class _Problem:
         self.compute = _compute_dtype(self.dtype)
         checked = [
             check_weight(part, x.shape, self.axes, name, compute_dtype=self.compute)
-            for part, name in zip((lam0, lam1), names, strict=True)
+            for part, name in zip(self.lam_parts, names, strict=False)
         ]
         # Shared checks: a bool or a string tol used to pass here as 1.0 or a ValueError.
         self.max_iter, self.tol = check_max_iter(max_iter, 0), check_tol(tol)
@@ -387,7 +387,9 @@ class _Problem:
                 self._slice_order(np.broadcast_to(c, reduced)).reshape(self.slices) for c in checked
             ]
         self.lam_stride = 0 if shared else 1
-        self.lam0, self.lam1 = (xp.asarray(v.astype(self.compute)) for v in per_slice)
+        # One weight for both axes is checked and copied once, and passed as both.
+        lams = [xp.asarray(v.astype(self.compute)) for v in per_slice]
+        self.lam0, self.lam1 = lams if self.is_pair else lams * 2
         self.n_iter = xp.zeros(self.slices, dtype=np.int32)
         self.gap = xp.empty(self.slices)
         self.gap.fill(np.nan)
@@ -545,15 +547,19 @@ def _backward(pb: _Problem, gc, counts, path: str | None = None):
     row 0 for lam0 (axes[0]), row 1 for lam1. Chunks of slices in turn, as the forward."""
     xp = pb.xp
     grad_x = xp.empty_like(pb.xc)
-    grad_lam = xp.zeros((2, pb.slices))
     if pb.xc.size == 0:
-        return grad_x, grad_lam
+        return grad_x, xp.zeros((2, pb.slices))
     fused = _fused_config(pb, path)
     n_max = int(counts.max())
     workspace = n_max * _record_words(pb) * _WORD_BYTES
     if fused is None:
         workspace += _multi_workspace(pb, backward=True)
     per_chunk = _chunks.chunk_items(pb.slices, workspace, pb.xc.nbytes, pb.h * pb.w, xp)
+    if per_chunk == pb.slices:  # one chunk: its gradients are the result
+        if fused is not None:
+            return grad_x, _backward_fused(pb, gc, counts, fused, grad_x)
+        return grad_x, _backward_multi(pb, gc, counts, grad_x)
+    grad_lam = xp.empty((2, pb.slices))
     for lo, hi in _chunks.ranges(pb.slices, per_chunk):
         part, out = pb.part(lo, hi), grad_x[lo:hi]
         if fused is not None:
@@ -566,7 +572,7 @@ def _backward(pb: _Problem, gc, counts, path: str | None = None):
 def _backward_fused(pb: _Problem, gc, counts, fused, grad_x):
     """The fused backward of every slice of ``pb`` into ``grad_x``; returns its lam gradients."""
     xp = pb.xp
-    grad_lam = xp.zeros((2, pb.slices))
+    grad_lam = xp.empty((2, pb.slices))  # the kernel writes both rows whole
     bits = _record(xp, int(counts.max()) * pb.slices * _record_words(pb))
     threads, shared = fused
     args = (pb.xc, gc, *pb.lam_args(), *pb.dims(), np.int32(pb.momentum), counts, bits, grad_x,

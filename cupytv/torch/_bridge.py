@@ -112,13 +112,13 @@ def call(op, *args):
 def _plain(arg) -> bool:
     """Not a tensor, or a tensor that is its own data: no subclass (fake, functional) and no
     batching of the legacy vmap (gradcheck's batched checks), whose rules the op dispatches."""
+    if type(arg) is torch.Tensor:
+        # A legacy batched tensor has no backend key of its own (its data is the wrapped one's).
+        keys = torch._C._dispatch_keys(arg)
+        return keys.has(_CPU) or keys.has(_CUDA)
     if isinstance(arg, (list, tuple)):
         return all(map(_plain, arg))
-    if not isinstance(arg, torch.Tensor):
-        return True
-    # A legacy batched tensor has no backend key of its own (its data is the wrapped tensor's).
-    keys = torch._C._dispatch_keys(arg)
-    return type(arg) is torch.Tensor and (keys.has(_CPU) or keys.has(_CUDA))
+    return not isinstance(arg, torch.Tensor)  # a subclass (fake, functional) is not plain
 
 
 _CPU, _CUDA = torch._C.DispatchKey.CPU, torch._C.DispatchKey.CUDA
@@ -209,9 +209,9 @@ def lam_tensor(lam, x: torch.Tensor, name: str = "lam") -> torch.Tensor:
         if not lam.is_floating_point():
             lam = lam.to(compute_dtype(x.dtype))
         return lam
-    _check_real(lam, name)
     dtype = compute_dtype(x.dtype)
     if type(lam) is not float or torch.compiler.is_compiling():
+        _check_real(lam, name)
         return torch.as_tensor(lam, dtype=dtype, device=x.device)
     # A layer calls with the same Python weight every step: keep its 0-d tensor (never written:
     # the ops read their weights, and autograd only saves them).
@@ -248,6 +248,11 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in HALF_DTYPES else dtype
 
 
+def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(dtype)``, without the call when t has it already (a microsecond per tensor)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 class Layout:
     """Run an op on ``x`` viewed in its memory order, so the result comes back in x's layout.
 
@@ -261,6 +266,9 @@ class Layout:
 
     def __init__(self, x: torch.Tensor, weights=(), tv_axes=()):
         self.ndim = x.dim()
+        if x.is_contiguous():  # C order already: nothing to permute (the common case)
+            self.order = None
+            return
         order = sorted(range(x.dim()), key=lambda d: (-x.stride(d), d))
         # Only a dense x is permuted: a strided or expanded view is read as it is (the kernels
         # take any strides), in its own order.

@@ -17,6 +17,7 @@ from cupytv._validation import normalize_axis
 from cupytv.torch._bridge import (
     Layout,
     apply,
+    as_dtype,
     batch_first,
     call,
     check_input,
@@ -208,13 +209,13 @@ def prox_tv1d(x: Tensor, lam, axis: int = -1, *, method: str = "auto") -> Tensor
         raise ValueError("x: expected an array with at least 1 dimension, got a 0-d array")
     axis = normalize_axis(axis, x.dim())
     _kernel_name(method)
-    cd = compute_dtype(x.dtype)  # .to() of a tensor already in cd is the tensor itself
+    cd = compute_dtype(x.dtype)
     lam = lam_tensor(lam, x)
     layout = Layout(x, (lam,), (axis,))
     op = torch.ops.cupytv.prox_tv1d.default
-    y = apply(_ProxTV1d, op, layout.tensor(x.to(cd)), layout.tensor(lam.to(cd)),
-              layout.axis(axis), method)  # fmt: skip
-    return layout.restore(y).to(x.dtype)
+    y = apply(_ProxTV1d, op, layout.tensor(as_dtype(x, cd)),
+              layout.tensor(as_dtype(lam, cd)), layout.axis(axis), method)  # fmt: skip
+    return as_dtype(layout.restore(y), x.dtype)
 
 
 class TV1d(TVLayer):

@@ -21,6 +21,7 @@ from cupytv._validation import check_max_iter, check_tol, normalize_axes
 from cupytv.torch._bridge import (
     Layout,
     apply,
+    as_dtype,
     batch_first,
     call,
     check_input,
@@ -319,14 +320,14 @@ def prox_tv2d(
         lam0, lam1 = lam_tensor(lam[0], x, "lam[0]"), lam_tensor(lam[1], x, "lam[1]")
     else:
         lam0 = lam1 = lam_tensor(lam, x)
-    cd = compute_dtype(x.dtype)  # .to() of a tensor already in cd is the tensor itself
+    cd = compute_dtype(x.dtype)
     layout = Layout(x, (lam0, lam1), axes_list)
-    lam0, lam1 = ((layout.tensor(lam0.to(cd)), layout.tensor(lam1.to(cd))) if lam1 is not lam0
-                  else (layout.tensor(lam0.to(cd)),) * 2)  # fmt: skip
-    y, n_iter = apply(_ProxTV2d, torch.ops.cupytv.prox_tv2d.default, layout.tensor(x.to(cd)),
-                      lam0, lam1, [layout.axis(a) for a in axes_list], max_iter, tol,
-                      method)  # fmt: skip
-    y = layout.restore(y).to(x.dtype)
+    lam0, lam1 = ((layout.tensor(as_dtype(lam0, cd)), layout.tensor(as_dtype(lam1, cd)))
+                  if lam1 is not lam0 else (layout.tensor(as_dtype(lam0, cd)),) * 2)  # fmt: skip
+    y, n_iter = apply(_ProxTV2d, torch.ops.cupytv.prox_tv2d.default,
+                      layout.tensor(as_dtype(x, cd)), lam0, lam1,
+                      [layout.axis(a) for a in axes_list], max_iter, tol, method)  # fmt: skip
+    y = as_dtype(layout.restore(y), x.dtype)
     return (y, layout.restore_batch(n_iter, axes_list)) if return_n_iter else y
 
 

@@ -16,6 +16,7 @@ from cupytv._validation import check_max_iter, check_tol, normalize_tv_axes
 from cupytv.torch._bridge import (
     Layout,
     Leaf,
+    as_dtype,
     batch_first,
     call,
     check_input,
@@ -323,19 +324,19 @@ def prox_tv(x: Tensor, lam, axes, *, max_iter: int = DEFAULT_MAX_ITER, tol: floa
         lams = [lam_tensor(v, x, f"lam[{i}]") for i, v in enumerate(lam)]
     else:
         lams = [lam_tensor(lam, x)] * len(axes_t)
-    cd = compute_dtype(x.dtype)  # .to() of a tensor already in cd is the tensor itself
+    cd = compute_dtype(x.dtype)
     layout = Layout(x, lams, axes_t)
     if isinstance(lam, (tuple, list)):
-        lams = [layout.tensor(v.to(cd)) for v in lams]
+        lams = [layout.tensor(as_dtype(v, cd)) for v in lams]
     else:
-        lams = [layout.tensor(lams[0].to(cd))] * len(axes_t)
-    xc = layout.tensor(x.to(cd))
+        lams = [layout.tensor(as_dtype(lams[0], cd))] * len(axes_t)
+    xc = layout.tensor(as_dtype(x, cd))
     axes_l = [layout.axis(int(a)) for a in axes_t]
     if torch.compiler.is_compiling():  # see _bridge.apply
         y, _ = _prox_tvnd(xc, lams, axes_l, int(max_iter), float(tol))
     else:
         y, _ = _ProxTVnd.apply(xc, Leaf(axes_l), int(max_iter), float(tol), *lams)
-    return layout.restore(y).to(x.dtype)
+    return as_dtype(layout.restore(y), x.dtype)
 
 
 __all__ = ["prox_tv"]
