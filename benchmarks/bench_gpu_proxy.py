@@ -110,8 +110,14 @@ def run_1d(direction: str, shape, dtype, kind: str, lam: float, sample_fibers: i
         kernel = f"tv1d_vjp<{tv1d._CTYPES[np.dtype(dtype)]}>"
         g = rng.standard_normal(x.shape).astype(dtype)
         gpu_proxy.reset(tv1d.STEM)
+        # The VJP kernel alone, as the wrapper launches it: the wrapper's second launch (the
+        # scalar weight's gradient summed over the fibers, tv1d_weight_grad) is not this row's
+        # kernel, and the H100 calibration timed the VJP when it was one launch.
+        fibers_x = x.shape[0]
         with _loader.probe_mode():
-            cupytv.prox_tv1d_vjp(None, lam, g, -1, y=y)
+            _loader.launch(tv1d.STEM, kernel, (-(-fibers_x // tv1d.BLOCK),), (tv1d.BLOCK,),
+                           (y, g, np.empty_like(y), np.empty(fibers_x, dtype), np.int64(fibers_x),
+                            np.int64(n), np.int64(1), np.float64(0.0)))  # fmt: skip
         moved = 3  # y, g in; grad_x out
         shared = 0
     samples = x.size
