@@ -97,14 +97,16 @@ def run_1d(direction: str, shape, dtype, kind: str, lam: float, sample_fibers: i
     weight = tv1d.Weight.of(lam, x.shape, 1, np.dtype(dtype))
     y = cupytv.prox_tv1d(x, lam, axis=-1)
     if direction == "forward":
-        kernel = f"tv1d_condat<{tv1d._CTYPES[np.dtype(dtype)]}>"
+        ctype = tv1d._CTYPES[np.dtype(dtype)]
+        tile = tv1d.BLOCK * (n | 1) * np.dtype(dtype).itemsize
+        short = n <= tv1d.SHORT_MAX_N and tile <= tv1d.STAGE_MAX_BYTES  # as _launch_forward
+        kernel = f"tv1d_condat_short<{ctype}>" if short else f"tv1d_condat<{ctype}>"
         gpu_proxy.reset(tv1d.STEM)
         with _loader.probe_mode():
             out = np.empty_like(x)
             tv1d._launch_forward("tv1d_condat", x, out, weight, (x.shape[0], n, 1), True)
         assert np.array_equal(out, y), "the staged GPU kernel disagrees with the host's"
         moved = 2
-        tile = tv1d.BLOCK * (n | 1) * np.dtype(dtype).itemsize
         shared = tile if tile <= tv1d.STAGE_MAX_BYTES else 0
     else:
         kernel = f"tv1d_vjp<{tv1d._CTYPES[np.dtype(dtype)]}>"
@@ -113,13 +115,15 @@ def run_1d(direction: str, shape, dtype, kind: str, lam: float, sample_fibers: i
         # The VJP kernel alone, as the wrapper launches it: the wrapper's second launch (the
         # scalar weight's gradient summed over the fibers, tv1d_weight_grad) is not this row's
         # kernel, and the H100 calibration timed the VJP when it was one launch.
-        fibers_x = x.shape[0]
+        grad_x, grad_fiber = np.empty_like(y), np.empty(x.shape[0], dtype)
         with _loader.probe_mode():
-            _loader.launch(tv1d.STEM, kernel, (-(-fibers_x // tv1d.BLOCK),), (tv1d.BLOCK,),
-                           (y, g, np.empty_like(y), np.empty(fibers_x, dtype), np.int64(fibers_x),
-                            np.int64(n), np.int64(1), np.float64(0.0)))  # fmt: skip
+            tv1d._launch_vjp(y, g, grad_x, grad_fiber, (x.shape[0], n, 1), 0.0, staged=True)
+        want = cupytv.prox_tv1d_vjp(None, lam, g, -1, y=y)[0]
+        assert np.array_equal(grad_x, want), "the staged GPU kernel disagrees with the host's"
         moved = 3  # y, g in; grad_x out
-        shared = 0
+        tile = tv1d.BLOCK * (n | 1) * np.dtype(dtype).itemsize
+        staged = n <= tv1d.VJP_STAGE_MAX_N and tile <= tv1d.STAGE_MAX_BYTES
+        shared = tile if staged else 0
     samples = x.size
     full = fibers * n
     return {

@@ -16,8 +16,8 @@ Rows:
   plain C        tv1d.cu's per-fiber device functions (tv1d_<algorithm>_fiber), compiled from the
                  loader's text with the executor's compiler and flags but without the executor,
                  called from `#pragma omp parallel` + `omp for schedule(dynamic)` over fibers with
-                 one scratch buffer per thread. The backward calls the tv1d_vjp kernel's body
-                 once per fiber the same way (it has no barrier). executor / plain C is the
+                 one scratch buffer per thread. The backward calls the tv1d_vjp kernel's per-fiber
+                 body (tv1d::vjp_fiber) once per fiber the same way. executor / plain C is the
                  overhead of the executor and the wrapper. Methods without a per-fiber function
                  (pn) are compared with the first plain C algorithm.
   proxTV         prox_tv.tvgen (batched in C, OpenMP) and prox_tv.tv1_1d per fiber (Python loop),
@@ -106,22 +106,15 @@ static long long chunk(long long fibers) {
 
 """
 
-# The backward kernel's own body, called once per fiber from a plain loop: tv1d_vjp has no
-# barrier, so a CUDA thread is a plain call with blockDim 1 and blockIdx = fiber (the "registers"
-# are thread-local variables of the CUDA header), no executor in between.
+# The backward kernel's per-fiber body (tv1d::vjp_fiber, what tv1d_vjp<T, false> runs for each
+# thread), called once per fiber from a plain loop: no executor in between.
 PLAIN_C_VJP = r"""
 template <typename T>
 static void vjp_loop(const T* y, const T* g, T* grad_x, T* grad_lam, long long fibers,
                      long long n) {
-#pragma omp parallel if (fibers > 1)
-  {
-    blockDim = dim3{1, 1, 1};
-    threadIdx = uint3{0, 0, 0};
-#pragma omp for schedule(dynamic, chunk(fibers))
-    for (long long f = 0; f < fibers; ++f) {
-      blockIdx = uint3{static_cast<unsigned>(f), 0, 0};
-      tv1d_vjp<T>(y, g, grad_x, grad_lam, fibers, n, 1, 0.0);
-    }
+#pragma omp parallel for schedule(dynamic, chunk(fibers)) if (fibers > 1)
+  for (long long f = 0; f < fibers; ++f) {
+    grad_lam[f] = tv1d::vjp_fiber<false>(y + f * n, g + f * n, grad_x + f * n, 1, n, 0.0, nullptr);
   }
 }
 EXPORT void vjp_float(const float* y, const float* g, float* gx, float* gl, long long f,

@@ -20,6 +20,11 @@
 //       times) is re-solved from x by the linear-time taut string below. Only fibers longer than
 //       TV1D_GUARD_MIN_N get the guard (and scratch): below that the worst case is at most n + 1
 //       reads per sample (about n / 2 on a ramp), and a batch of short fibers needs no workspace.
+//   tv1d_condat_short<T>(same arguments): the GPU's tv1d_condat for contiguous fibers of at most
+//       TV1D_SHORT_MAX_N samples whose staged tile fits (inner == 1; the wrapper checks): Condat's
+//       scan in three passes that keep a warp's lanes in step (condat_masked: the same decisions
+//       and bits as condat_scan), and nothing else, so its registers are that path's alone (a
+//       kernel gets the registers of its worst path). No scratch is read.
 //   tv1d_condat<T, false>, tv1d_taut_string<T, false>: the same without shared-memory staging,
 //       for the host executor, where caches already serve each thread's contiguous fiber and a
 //       block barrier costs ~35 ns per thread (docs/ARCHITECTURE.md); bit-identical results.
@@ -90,12 +95,16 @@
 // instantiate: tv1d_condat<double>
 // instantiate: tv1d_condat<float, false>
 // instantiate: tv1d_condat<double, false>
+// instantiate: tv1d_condat_short<float>
+// instantiate: tv1d_condat_short<double>
 // instantiate: tv1d_taut_string<float>
 // instantiate: tv1d_taut_string<double>
 // instantiate: tv1d_taut_string<float, false>
 // instantiate: tv1d_taut_string<double, false>
 // instantiate: tv1d_vjp<float>
 // instantiate: tv1d_vjp<double>
+// instantiate: tv1d_vjp<float, false>
+// instantiate: tv1d_vjp<double, false>
 // instantiate: tv1d_weight_grad<float>
 // instantiate: tv1d_weight_grad<double>
 //
@@ -114,6 +123,10 @@
 #define TV1D_BLOCK 128
 // CUDA's default dynamic shared memory limit per block; larger tiles are read in place.
 #define TV1D_STAGE_MAX_BYTES (48 * 1024)
+// The VJP stages fibers up to this length (their segment ends fit a 64-bit mask).
+#define TV1D_VJP_STAGE_MAX_N 64
+// tv1d_condat_short's longest fiber (its segment ends fit a 64-bit mask).
+#define TV1D_SHORT_MAX_N 64
 
 namespace tv1d {
 
@@ -123,6 +136,28 @@ using cupytv::FiberWeight;
 // Row length of a staged tile: odd, so that a warp reading one element of each row is free of
 // bank conflicts.
 __device__ __forceinline__ index_t staged_row(index_t n) { return n | 1; }
+
+// The staged tile's index of element e of the block's consecutive samples (fiber e / len,
+// sample e % len, rows padded to `row`), for e = threadIdx.x, threadIdx.x + blockDim.x, ...:
+// the quotient and remainder advance by those of blockDim.x, so a thread divides once, not once
+// per element (an integer division by a run-time length is ~20 instructions).
+struct TileWalk {
+  unsigned int q, r;             // e / len, e % len
+  unsigned int step_q, step_r;   // blockDim.x / len, blockDim.x % len
+  unsigned int len, row;
+  __device__ __forceinline__ TileWalk(unsigned int e, unsigned int len_, unsigned int row_)
+      : q(e / len_), r(e % len_), step_q(blockDim.x / len_), step_r(blockDim.x % len_),
+        len(len_), row(row_) {}
+  __device__ __forceinline__ unsigned int at() const { return q * row + r; }
+  __device__ __forceinline__ void advance() {
+    q += step_q;
+    r += step_r;
+    if (r >= len) {
+      r -= len;
+      ++q;
+    }
+  }
+};
 
 template <typename T>
 __device__ __forceinline__ bool tile_fits(index_t n, index_t inner) {
@@ -145,11 +180,159 @@ __device__ void condat_in_place(T* row, const T* source, index_t source_stride, 
   }
 }
 
+// Condat's scan on a staged fiber of at most 64 samples (the GPU's path for short contiguous
+// fibers): the decisions of condat_scan, then its values, in three passes whose loops carry no
+// per-segment work, so the lanes of a warp stay in step. condat_scan fills each segment and
+// settles its value as it ends one (a loop of the segment's length and a division inside the
+// scan: every lane waited for the longest fill of the warp); here the scan only records where
+// segments end (bit k of `ends`, and of `downs` for a jump down, of `jumps` for any jump), a
+// value pass recomputes each segment's sum in the same order and settles it with the same
+// arithmetic (so the same bits), storing it at the segment's last sample, and a backward pass
+// spreads it over the segment. The scan keeps no sums: they only fed the values.
+template <typename T>
+__device__ void condat_masked(T* row, index_t n, T lam_t) {
+  TV_PROBE(masked_setup);
+  if (trivial_fiber(row, 1, row, 1, n, lam_t)) return;
+  const double lam = lam_t;
+  const int len_n = static_cast<int>(n);
+  unsigned long long ends = 0, downs = 0, jumps = 0;
+  int k0 = 0, k = 0, kmin = 0, kmax = 0;
+  double ub = 0.0;
+  double vmin = static_cast<double>(row[0]) - lam, vmax = static_cast<double>(row[0]) + lam;
+  double umin = lam, umax = -lam;
+  bool done = false;
+  const int budget = len_n * len_n + 2 * len_n;  // condat_scan's for unguarded fibers
+  {  // the loop's probe scope ends with the loop
+    TV_PROBE_LOOP(masked_scan);
+#pragma unroll 1
+    for (int step = 0; step < budget && !done; ++step) {
+      TV_PROBE_TRIP(masked_scan);
+      int last = -1;
+      bool down = false;
+      if (k == len_n - 1) {
+        // End of the fiber: u_{n-1} must be 0.
+        TV_PROBE(masked_end);
+        if (umin < 0.0) {
+          last = kmin;
+          down = true;
+        } else if (umax > 0.0) {
+          last = kmax;
+        } else {
+          ends |= 1ULL << (len_n - 1);
+          done = true;
+        }
+      } else {
+        TV_PROBE_ACCESS(masked_next, &row[k + 1]);
+        const double next = static_cast<double>(row[k + 1]);
+        const double umin_next = umin + next - vmin;
+        const double umax_next = umax + next - vmax;
+        if (umin_next < -lam) {
+          last = kmin;
+          down = true;
+        } else if (umax_next > lam) {
+          last = kmax;
+        } else {
+          TV_PROBE(masked_step);
+          ++k;
+          umin = umin_next;
+          umax = umax_next;
+          const double len = static_cast<double>(k - k0 + 1);
+          if (umin >= lam) {
+            vmin += (umin - lam) / len;
+            umin = lam;
+            kmin = k;
+          }
+          if (umax <= -lam) {
+            vmax += (umax + lam) / len;
+            umax = -lam;
+            kmax = k;
+          }
+        }
+      }
+      if (last >= 0) {
+        // End [k0, last] with a jump and restart behind it.
+        TV_PROBE(masked_jump);
+        const unsigned long long bit = 1ULL << last;
+        ends |= bit;
+        jumps |= bit;
+        if (down) downs |= bit;
+        if (last + 1 >= len_n) {
+          done = true;  // unreachable, as in condat_scan (a bound tightens only before the end)
+        } else {
+          k0 = k = kmin = kmax = last + 1;
+          ub = down ? lam : -lam;
+          TV_PROBE_ACCESS(masked_restart, &row[k0]);
+          const double x0 = static_cast<double>(row[k0]);
+          vmin = x0 + ub - lam;
+          vmax = x0 + ub + lam;
+          umin = lam;
+          umax = -lam;
+        }
+      }
+    }
+  }
+  if (!done) {
+    // Out of budget: unreachable (every restart moves k0 forward, and at most n steps separate
+    // two restarts), so a fiber ending here would be a bug; it comes out all NaN, not wrong.
+    fill(row, 1, 0, n, static_cast<T>(quiet_nan()));
+    return;
+  }
+  // Values: condat_scan's closed forms and its settle (see Ties there), in its order.
+  double last_value = 0.0, last_sum = 0.0, last_len = 0.0;
+  double sum = 0.0, ubv = 0.0;
+  int start = 0;
+  {  // the loop's probe scope ends with the loop
+    TV_PROBE_LOOP(masked_values);
+#pragma unroll 1
+    for (int j = 0; j < len_n; ++j) {
+      TV_PROBE_TRIP(masked_values);
+      TV_PROBE_ACCESS(masked_value_read, &row[j]);
+      const double xj = static_cast<double>(row[j]);
+      sum = j == start ? xj : sum + xj;
+      if ((ends >> j) & 1ULL) {
+        TV_PROBE(masked_segment);
+        const bool jump = (jumps >> j) & 1ULL, down = (downs >> j) & 1ULL;
+        const double len = static_cast<double>(j + 1 - start);
+        const double closed = (sum + ubv + (jump ? (down ? -lam : lam) : 0.0)) / len;
+        double value = closed;
+        {
+          const double eps = 2.220446049250313e-16;  // the sums are doubles
+          const double spread = (fabs(last_sum) + lam) * len + (fabs(sum) + lam) * last_len;
+          const double gap = fabs(closed - last_value) * (last_len * len);
+          if (start > 0 && gap <= TV1D_MERGE_ULPS * eps * spread) {
+            last_sum += sum;
+            last_len += len;
+            value = last_value;
+          } else {
+            last_value = closed;
+            last_sum = sum;
+            last_len = len;
+          }
+        }
+        row[j] = static_cast<T>(value);
+        ubv = down ? lam : -lam;
+        start = j + 1;
+      }
+    }
+  }
+  {  // the loop's probe scope ends with the loop
+    TV_PROBE_LOOP(masked_spread);
+    T value = row[len_n - 1];
+#pragma unroll 1
+    for (int j = len_n - 1; j >= 0; --j) {
+      TV_PROBE_TRIP(masked_spread);
+      TV_PROBE_ACCESS(masked_spread, &row[j]);
+      if ((ends >> j) & 1ULL) value = row[j];
+      row[j] = value;
+    }
+  }
+}
+
 enum Method { kCondat, kTautString };
 
 // The body every forward kernel shares: fiber indexing, per-fiber lam and scratch, and the
 // staging of contiguous fibers through shared memory.
-template <typename T, Method kMethod, bool kStage>
+template <typename T, Method kMethod, bool kStage, bool kShort = false>
 __device__ __forceinline__ void forward(const T* __restrict__ x, T* __restrict__ y,
                                         const FiberWeight<T> lam, index_t outer, index_t n,
                                         index_t inner, T* __restrict__ scratch) {
@@ -160,7 +343,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ x, T* __restrict__
   const index_t per_fiber =
       kMethod == kCondat ? condat_scratch<T>(n) : taut_string_scratch<T>(n);
   T* const ws = scratch + (f < fibers ? f : 0) * per_fiber;
-  if (kStage && tile_fits<T>(n, inner)) {
+  if (kShort || (kStage && tile_fits<T>(n, inner))) {
     TV_PROBE(staged);
     // Coalesced load of the block's fibers, solve in the tile, coalesced store. Every thread
     // reaches both barriers; threads past the last fiber only help move data.
@@ -176,11 +359,12 @@ __device__ __forceinline__ void forward(const T* __restrict__ x, T* __restrict__
     T* dst = y + first * n;
     {  // the loop's probe scope ends with the loop
       TV_PROBE_LOOP(stage_in);
-      for (unsigned int e = threadIdx.x; e < total; e += blockDim.x) {
+      TileWalk at(threadIdx.x, len, row);
+      for (unsigned int e = threadIdx.x; e < total; e += blockDim.x, at.advance()) {
         TV_PROBE_TRIP(stage_in);
         TV_PROBE_ACCESS(stage_in_global, &src[e]);
-        TV_PROBE_ACCESS(stage_in_shared, &tile[(e / len) * row + e % len]);
-        tile[(e / len) * row + e % len] = src[e];
+        TV_PROBE_ACCESS(stage_in_shared, &tile[at.at()]);
+        tile[at.at()] = src[e];
       }
     }
     __syncthreads();
@@ -188,7 +372,9 @@ __device__ __forceinline__ void forward(const T* __restrict__ x, T* __restrict__
       TV_PROBE(staged_solve);
       const T lam_f = lam(f);
       T* mine = tile + threadIdx.x * row;
-      if (kMethod == kCondat) {
+      if (kShort) {
+        condat_masked(mine, n, lam_f);
+      } else if (kMethod == kCondat) {
         condat_in_place(mine, src + threadIdx.x * n, 1, n, lam_f, ws);
       } else {
         tv1d_taut_string_fiber(mine, 1, mine, 1, n, lam_f, ws);
@@ -197,16 +383,17 @@ __device__ __forceinline__ void forward(const T* __restrict__ x, T* __restrict__
     __syncthreads();
     {  // the loop's probe scope ends with the loop
       TV_PROBE_LOOP(stage_out);
-      for (unsigned int e = threadIdx.x; e < total; e += blockDim.x) {
+      TileWalk at(threadIdx.x, len, row);
+      for (unsigned int e = threadIdx.x; e < total; e += blockDim.x, at.advance()) {
         TV_PROBE_TRIP(stage_out);
-        TV_PROBE_ACCESS(stage_out_shared, &tile[(e / len) * row + e % len]);
+        TV_PROBE_ACCESS(stage_out_shared, &tile[at.at()]);
         TV_PROBE_ACCESS(stage_out_global, &dst[e]);
-        dst[e] = tile[(e / len) * row + e % len];
+        dst[e] = tile[at.at()];
       }
     }
     return;
   }
-  if (f >= fibers) return;
+  if (kShort || f >= fibers) return;  // the short kernel has no unstaged path
   const index_t o = f / inner;
   const index_t i = f - o * inner;
   const index_t base = o * n * inner + i;
@@ -241,6 +428,17 @@ __global__ void __launch_bounds__(TV1D_BLOCK)
       scratch);
 }
 
+template <typename T>
+__global__ void __launch_bounds__(TV1D_BLOCK)
+    tv1d_condat_short(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ lam,
+                      T lam_value, cupytv::index_t lam_first, cupytv::index_t lam_div,
+                      cupytv::index_t lam_mod, cupytv::index_t outer, cupytv::index_t n,
+                      cupytv::index_t inner, T* __restrict__ scratch) {
+  tv1d::forward<T, tv1d::kCondat, true, true>(
+      x, y, cupytv::FiberWeight<T>{lam, lam_value, lam_first, lam_div, lam_mod}, outer, n, inner,
+      scratch);
+}
+
 template <typename T, bool kStage = true>
 __global__ void __launch_bounds__(TV1D_BLOCK)
     tv1d_taut_string(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ lam,
@@ -254,10 +452,27 @@ __global__ void __launch_bounds__(TV1D_BLOCK)
 
 namespace tv1d {
 
+// Reciprocals 1 / len of segment lengths up to TV1D_RECIP_MAX, per block in shared memory: the
+// VJP's segment means are sum * (1 / len), so no division sits in its loop (longer segments,
+// rare and long, divide).
+#define TV1D_RECIP_MAX 128
+
+// kTable false: the reciprocal is computed here (the host executor: a CPU divides quickly, and a
+// shared table would cost a block barrier); the same correctly rounded 1 / len, so the same bits.
+template <bool kTable>
+__device__ __forceinline__ double segment_mean(double sum, index_t len, const double* recip) {
+  if (len > TV1D_RECIP_MAX) {
+    TV_PROBE(vjp_long_segment);
+    return sum / static_cast<double>(len);
+  }
+  return sum * (kTable ? recip[len] : 1.0 / static_cast<double>(len));
+}
+
+
 // The backward of one fiber (see the header): segments are runs of equal y.
-template <typename T>
+template <bool kTable, typename T>
 __device__ __forceinline__ T vjp_fiber(const T* yf, const T* gf, T* gx, index_t s, index_t n,
-                                       double tiny) {
+                                       double tiny, const double* recip) {
   double glam = 0.0;
   bool has_nan = false;
   double s_in = 0.0;  // sign of the jump into the current segment
@@ -286,7 +501,7 @@ __device__ __forceinline__ T vjp_fiber(const T* yf, const T* gf, T* gx, index_t 
           sum += static_cast<double>(gf[end * s]);
         }
       }
-      const double mean = sum / static_cast<double>(end - start);
+      const double mean = segment_mean<kTable>(sum, end - start, recip);
       fill(gx, s, start, end, static_cast<T>(mean));
       const double s_out = end < n ? static_cast<double>((after > v) - (after < v)) : 0.0;
       glam += (s_out - s_in) * mean;
@@ -303,20 +518,226 @@ __device__ __forceinline__ T vjp_fiber(const T* yf, const T* gf, T* gx, index_t 
 
 }  // namespace tv1d
 
+namespace tv1d {
+
+// The backward of one fiber with segments = runs of bit-identical values (tiny == 0), in two
+// passes of n trips each, the same for every lane of a warp whatever its segments (the loop that
+// walked segment by segment issued every lane's runs separately): forward, summing g and storing
+// each segment's mean at its last sample; backward, spreading each mean over its segment.
+// y is read in place (stride sy); gx (stride sx) holds the means between the passes.
 template <typename T>
+__device__ __forceinline__ T vjp_uniform(const T* yf, index_t sy, const T* gf, index_t sg, T* gx,
+                                         index_t sx, index_t n, const double* recip) {
+  TV_PROBE(vjp_uniform_setup);
+  bool finite = true;
+  double sum = 0.0, glam = 0.0, s_in = 0.0;
+  index_t start = 0;
+  T cur = yf[0];
+  {  // the loop's probe scope ends with the loop
+    TV_PROBE_LOOP(vjp_sum);
+    #pragma unroll 1  // one trip per copy: the proxy prices trips as written
+    for (index_t k = 0; k < n; ++k) {
+      TV_PROBE_TRIP(vjp_sum);
+      TV_PROBE_ACCESS(vjp_g, &gf[k * sg]);
+      finite &= fabs(static_cast<double>(cur)) <= TV1D_DOUBLE_MAX;
+      sum += static_cast<double>(gf[k * sg]);
+      const bool last = k + 1 == n;
+      TV_PROBE_ACCESS(vjp_y, &yf[(last ? k : k + 1) * sy]);
+      const T next = yf[(last ? k : k + 1) * sy];
+      if (last || !(next == cur)) {
+        TV_PROBE(vjp_segment_end);
+        const double mean = segment_mean<true>(sum, k + 1 - start, recip);
+        gx[k * sx] = static_cast<T>(mean);
+        const double s_out = last ? 0.0 : static_cast<double>((next > cur) - (next < cur));
+        glam += (s_out - s_in) * mean;
+        s_in = s_out;
+        sum = 0.0;
+        start = k + 1;
+      }
+      cur = next;
+    }
+  }
+  {  // the loop's probe scope ends with the loop
+    TV_PROBE_LOOP(vjp_spread);
+    T mean = gx[(n - 1) * sx];
+    T after = yf[(n - 1) * sy];
+    #pragma unroll 1  // one trip per copy: the proxy prices trips as written
+    for (index_t k = n - 1; k >= 0; --k) {
+      TV_PROBE_TRIP(vjp_spread);
+      TV_PROBE_ACCESS(vjp_y, &yf[k * sy]);
+      const T here = yf[k * sy];
+      if (!(here == after)) mean = gx[k * sx];  // k ends a segment: its mean is stored there
+      gx[k * sx] = mean;
+      after = here;
+    }
+  }
+  if (!finite) {
+    fill(gx, sx, 0, n, static_cast<T>(quiet_nan()));
+    glam = quiet_nan();
+  }
+  return static_cast<T>(glam);
+}
+
+// The same from a staged tile: `row` holds g on entry and the gradient on exit; the segment ends
+// and the jump directions arrive as bit masks (bit k: a segment ends at k / y steps up after k),
+// computed from y while it was in the tile, so y is read from global memory once, coalesced.
+template <typename T>
+__device__ __forceinline__ T vjp_staged(T* row, index_t n, unsigned long long ends,
+                                        unsigned long long ups, bool finite, const double* recip) {
+  TV_PROBE(vjp_staged_setup);
+  double sum = 0.0, glam = 0.0, s_in = 0.0;
+  index_t start = 0;
+  {  // the loop's probe scope ends with the loop
+    TV_PROBE_LOOP(vjp_tile_sum);
+    #pragma unroll 1  // one trip per copy: the proxy prices trips as written
+    for (index_t k = 0; k < n; ++k) {
+      TV_PROBE_TRIP(vjp_tile_sum);
+      TV_PROBE_ACCESS(vjp_tile, &row[k]);
+      sum += static_cast<double>(row[k]);
+      if ((ends >> k) & 1ULL) {
+        TV_PROBE(vjp_tile_segment_end);
+        const double mean = segment_mean<true>(sum, k + 1 - start, recip);
+        row[k] = static_cast<T>(mean);
+        const double s_out =
+            k + 1 == n ? 0.0 : (((ups >> k) & 1ULL) ? 1.0 : -1.0);  // an end inside is a jump
+        glam += (s_out - s_in) * mean;
+        s_in = s_out;
+        sum = 0.0;
+        start = k + 1;
+      }
+    }
+  }
+  {  // the loop's probe scope ends with the loop
+    TV_PROBE_LOOP(vjp_tile_spread);
+    T mean = row[n - 1];
+    #pragma unroll 1  // one trip per copy: the proxy prices trips as written
+    for (index_t k = n - 1; k >= 0; --k) {
+      TV_PROBE_TRIP(vjp_tile_spread);
+      TV_PROBE_ACCESS(vjp_tile, &row[k]);
+      if ((ends >> k) & 1ULL) mean = row[k];
+      row[k] = mean;
+    }
+  }
+  if (!finite) {
+    fill(row, 1, 0, n, static_cast<T>(quiet_nan()));
+    glam = quiet_nan();
+  }
+  return static_cast<T>(glam);
+}
+
+}  // namespace tv1d
+
+template <typename T, bool kStage = true>
 __global__ void __launch_bounds__(TV1D_BLOCK)
     tv1d_vjp(const T* __restrict__ y, const T* __restrict__ g, T* __restrict__ grad_x,
              T* __restrict__ grad_lam, cupytv::index_t outer, cupytv::index_t n,
              cupytv::index_t inner, double tiny) {
   using cupytv::index_t;
   TV_PROBE(vjp_kernel);
-  const index_t f = cupytv::block_start_x() + threadIdx.x;
-  if (f >= outer * inner) return;
+  const index_t fibers = outer * inner;
+  const index_t first = cupytv::block_start_x();
+  const index_t f = first + threadIdx.x;
+  __shared__ double recip_table[TV1D_RECIP_MAX + 1];
+  const double* recip = nullptr;
+  if (kStage) {
+    for (unsigned int len = threadIdx.x; len <= TV1D_RECIP_MAX; len += blockDim.x) {
+      recip_table[len] = len == 0 ? 0.0 : 1.0 / static_cast<double>(len);
+    }
+    __syncthreads();
+    recip = recip_table;
+  }
+  // The GPU variant (kStage) runs uniform passes; the host executor's walks segment by segment,
+  // which a CPU runs 1.7x faster (one read of y and g, one write). Both form each mean as
+  // segment_mean does, so they give the same bits. tiny > 0 (outputs of iterative solvers):
+  // segments within tiny of their first value, which only the walk tests.
+  const bool uniform = kStage && tiny == 0.0;
+  if (uniform && n <= TV1D_VJP_STAGE_MAX_N && tv1d::tile_fits<T>(n, inner)) {
+    TV_PROBE(vjp_staged);
+    // y through the tile first (coalesced), reduced to each fiber's masks; then g into the same
+    // tile, solved in place, stored back as grad_x (coalesced). Every thread reaches every
+    // barrier; threads past the last fiber only move data.
+    extern __shared__ __align__(16) unsigned char tv1d_shared_raw[];
+    T* tile = reinterpret_cast<T*>(tv1d_shared_raw);
+    const unsigned int len = static_cast<unsigned int>(n);
+    const unsigned int row = static_cast<unsigned int>(tv1d::staged_row(n));
+    const index_t remaining = fibers - first;
+    const unsigned int count = remaining < blockDim.x ? static_cast<unsigned int>(remaining)
+                                                      : blockDim.x;
+    const unsigned int total = count * len;
+    const index_t offset = first * n;
+    {  // the loop's probe scope ends with the loop
+      TV_PROBE_LOOP(vjp_stage_y);
+      tv1d::TileWalk at(threadIdx.x, len, row);
+      for (unsigned int e = threadIdx.x; e < total; e += blockDim.x, at.advance()) {
+        TV_PROBE_TRIP(vjp_stage_y);
+        TV_PROBE_ACCESS(vjp_stage_global, &y[offset + e]);
+        TV_PROBE_ACCESS(vjp_stage_shared, &tile[at.at()]);
+        tile[at.at()] = y[offset + e];
+      }
+    }
+    __syncthreads();
+    unsigned long long ends = 0, ups = 0;
+    bool finite = true;
+    if (threadIdx.x < count) {
+      TV_PROBE(vjp_masks);
+      const T* mine = tile + threadIdx.x * row;
+      T cur = mine[0];
+      TV_PROBE_LOOP(vjp_mask);
+      #pragma unroll 1  // one trip per copy: the proxy prices trips as written
+      for (index_t k = 0; k < n; ++k) {
+        TV_PROBE_TRIP(vjp_mask);
+        TV_PROBE_ACCESS(vjp_tile, &mine[k + 1 < n ? k + 1 : k]);
+        finite &= fabs(static_cast<double>(cur)) <= TV1D_DOUBLE_MAX;
+        const T next = mine[k + 1 < n ? k + 1 : k];
+        const unsigned long long bit = 1ULL << k;
+        if (k + 1 == n || !(next == cur)) ends |= bit;
+        if (next > cur) ups |= bit;
+        cur = next;
+      }
+    }
+    __syncthreads();
+    {  // the loop's probe scope ends with the loop
+      TV_PROBE_LOOP(vjp_stage_g);
+      tv1d::TileWalk at(threadIdx.x, len, row);
+      for (unsigned int e = threadIdx.x; e < total; e += blockDim.x, at.advance()) {
+        TV_PROBE_TRIP(vjp_stage_g);
+        TV_PROBE_ACCESS(vjp_stage_global, &g[offset + e]);
+        TV_PROBE_ACCESS(vjp_stage_shared, &tile[at.at()]);
+        tile[at.at()] = g[offset + e];
+      }
+    }
+    __syncthreads();
+    if (threadIdx.x < count) {
+      grad_lam[f] = tv1d::vjp_staged(tile + threadIdx.x * row, n, ends, ups, finite, recip);
+    }
+    __syncthreads();
+    {  // the loop's probe scope ends with the loop
+      TV_PROBE_LOOP(vjp_stage_out);
+      tv1d::TileWalk at(threadIdx.x, len, row);
+      for (unsigned int e = threadIdx.x; e < total; e += blockDim.x, at.advance()) {
+        TV_PROBE_TRIP(vjp_stage_out);
+        TV_PROBE_ACCESS(vjp_stage_shared, &tile[at.at()]);
+        TV_PROBE_ACCESS(vjp_stage_global, &grad_x[offset + e]);
+        grad_x[offset + e] = tile[at.at()];
+      }
+    }
+    return;
+  }
+  if (f >= fibers) return;
   const index_t o = f / inner;
   const index_t base = o * n * inner + (f - o * inner);
   // A literal stride for contiguous fibers, as in the forward.
-  grad_lam[f] = inner == 1 ? tv1d::vjp_fiber(y + base, g + base, grad_x + base, 1, n, tiny)
-                           : tv1d::vjp_fiber(y + base, g + base, grad_x + base, inner, n, tiny);
+  if (uniform) {
+    grad_lam[f] =
+        inner == 1
+            ? tv1d::vjp_uniform(y + base, 1, g + base, 1, grad_x + base, 1, n, recip)
+            : tv1d::vjp_uniform(y + base, inner, g + base, inner, grad_x + base, inner, n, recip);
+  } else {
+    grad_lam[f] =
+        inner == 1
+            ? tv1d::vjp_fiber<kStage>(y + base, g + base, grad_x + base, 1, n, tiny, recip)
+            : tv1d::vjp_fiber<kStage>(y + base, g + base, grad_x + base, inner, n, tiny, recip);
+  }
 }
 
 template <typename T>

@@ -104,7 +104,7 @@ def report(stem: str) -> dict[str, dict]:
 
 def _cost_key(expr: str) -> str:
     # Name expressions spell the defaulted template argument out in the table (demangled SASS).
-    if expr.startswith(("tv1d_condat<", "tv1d_taut_string<")) and "," not in expr:
+    if expr.startswith(("tv1d_condat<", "tv1d_taut_string<", "tv1d_vjp<")) and "," not in expr:
         return expr[:-1] + ", true>"
     return expr
 

@@ -34,6 +34,10 @@ DEFAULT_METHOD = "condat"
 BLOCK = 128
 STAGE_MAX_BYTES = 48 * 1024
 GUARD_MIN_N = 64
+# The VJP stages contiguous fibers up to this length (cuda_src/tv1d.cu TV1D_VJP_STAGE_MAX_N).
+VJP_STAGE_MAX_N = 64
+# tv1d_condat_short's longest fiber (cuda_src/tv1d.cu TV1D_SHORT_MAX_N).
+SHORT_MAX_N = 64
 # Projected Newton's workspace (cuda_src/tv1d_pn.cuh): two planes of n values per fiber.
 PN_SCRATCH_BYTES_PER_SAMPLE = 16
 _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -210,22 +214,7 @@ def prox_tv1d_vjp(x, lam, g, axis: int = -1, *, y=None, fuse_atol: float = 0.0):
     gc = xp.ascontiguousarray(g, dtype=compute)
     grad_x = xp.empty(y.shape, dtype=compute)
     grad_fiber = xp.empty(outer * inner, dtype=compute)
-    _loader.launch(
-        STEM,
-        f"tv1d_vjp<{_CTYPES[compute]}>",
-        (_ceil_div(outer * inner, BLOCK),),
-        (BLOCK,),
-        (
-            yc,
-            gc,
-            grad_x,
-            grad_fiber,
-            np.int64(outer),
-            np.int64(n),
-            np.int64(inner),
-            np.float64(fuse_atol),
-        ),
-    )
+    _launch_vjp(yc, gc, grad_x, grad_fiber, (outer, n, inner), fuse_atol, staged=xp is not np)
     if weight.has_zero():
         lam_b = weight.broadcast()
         grad_x, grad_fiber = _identity_vjp(gc, yc, grad_x, grad_fiber, lam_b, (outer, n, inner), xp)
@@ -327,6 +316,34 @@ def _weight_grad(grad_fiber, weight: Weight, xp):
     return summed.reshape(weight.shape)
 
 
+def _launch_vjp(yc, gc, grad_x, grad_fiber, view, fuse_atol: float, staged: bool) -> None:
+    """Launch tv1d_vjp per the contract in cuda_src/tv1d.cu: ``<T>`` stages contiguous fibers
+    of up to VJP_STAGE_MAX_N samples through shared memory (GPUs), ``<T, false>`` reads them in
+    place (the host executor); the two give the same bits."""
+    outer, n, inner = view
+    ctype = _CTYPES[yc.dtype]
+    tile_bytes = BLOCK * (n | 1) * yc.dtype.itemsize
+    fits = inner == 1 and n <= VJP_STAGE_MAX_N and tile_bytes <= STAGE_MAX_BYTES
+    shared = tile_bytes if staged and fits and fuse_atol == 0 else 0
+    _loader.launch(
+        STEM,
+        f"tv1d_vjp<{ctype}>" if staged else f"tv1d_vjp<{ctype}, false>",
+        (_ceil_div(outer * inner, BLOCK),),
+        (BLOCK,),
+        (
+            yc,
+            gc,
+            grad_x,
+            grad_fiber,
+            np.int64(outer),
+            np.int64(n),
+            np.int64(inner),
+            np.float64(fuse_atol),
+        ),
+        shared_mem=shared,
+    )
+
+
 def _identity_vjp(g, y, grad_x, grad_fiber, lam_b, view, xp):
     """The VJP on fibers with lam == 0, where the prox is the identity.
 
@@ -387,6 +404,8 @@ def _launch_forward(kernel: str, xc, y, weight: Weight, view, staged: bool) -> N
         tile_bytes = BLOCK * (n | 1) * compute.itemsize
         shared = tile_bytes if staged and inner == 1 and tile_bytes <= STAGE_MAX_BYTES else 0
         name = f"{kernel}<{ctype}>" if staged else f"{kernel}<{ctype}, false>"
+        if shared and kernel == METHODS["condat"] and n <= SHORT_MAX_N:
+            name = f"tv1d_condat_short<{ctype}>"  # the GPU's kernel for short fibers
     x2, y2 = xc.reshape(outer, n * inner), y.reshape(outer, n * inner)
     for lo, hi in _chunks.ranges(outer, rows):
         extra = (uncertified[lo * inner : hi * inner],) if pn else ()

@@ -85,7 +85,7 @@ def test_launch_configurations_come_from_the_wrappers(kernel_report):
     seen = {(la.name, la.threads, la.dynamic_shared) for la in launches}
     # The staged tile at n = 32 and the unstaged n = 1024 (its tile is over the limit).
     tile = tv1d.BLOCK * (32 | 1) * np.dtype(np.float32).itemsize
-    assert ("tv1d_condat<float>", tv1d.BLOCK, tile) in seen
+    assert ("tv1d_condat_short<float>", tv1d.BLOCK, tile) in seen  # n = 32: the short kernel
     assert ("tv1d_condat<float>", tv1d.BLOCK, 0) in seen
     assert ("tv1d_vjp<double>", tv1d.BLOCK, 0) in seen
     assert any(n == "tv2d_solve<float>" and t == tv2d.WARP and s > 0 for n, t, s in seen)

@@ -823,7 +823,7 @@ HUGE_CHILD = """
         y_in[:PERIOD], g_in[:PERIOD] = y_tile, g_tile
         count = n // FIBER
         grad_fiber = np.empty(count, dtype=np.float32)
-        _loader.launch("tv1d", "tv1d_vjp<float>", (-(-count // 128),), (128,),
+        _loader.launch("tv1d", "tv1d_vjp<float, false>", (-(-count // 128),), (128,),
                        (y_in, g_in, gx, grad_fiber, np.int64(count), np.int64(FIBER),
                         np.int64(1), np.float64(0.0)))
         rgx, rgl = cupytv.prox_tv1d_vjp(g_tile.reshape(-1, FIBER), y_tile.reshape(-1, FIBER),

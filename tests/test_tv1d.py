@@ -514,6 +514,59 @@ def test_staged_and_unstaged_kernels_agree_bit_for_bit(rng, kernel, dtype):
             assert_kkt(x, results[0], lam.astype(dtype), tolerance(x, dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_staged_and_unstaged_vjp_agree_bit_for_bit(rng, dtype):
+    # prox_tv1d_vjp runs tv1d_vjp<T, false> (in place) on NumPy arrays and tv1d_vjp<T> (y reduced
+    # to segment masks in a shared tile, g solved in the tile) on CuPy ones; both must give the
+    # same bits, and the reference's gradients. Lengths cover every mask width up to the staging
+    # limit and past it (in place then), fiber counts a partial, a full and one more block; some
+    # fibers hold NaN or Inf, long runs, single-sample segments, signed zeros.
+    for n in (*range(1, 67), 95, 96):
+        for fibers in (1, BLOCK, BLOCK + 1):
+            x = rng.standard_normal((fibers, n)).astype(dtype)
+            x[::5] = np.round(x[::5])  # plateaus: longer segments and ties
+            lam = np.where(np.arange(fibers) % 3 == 0, 5.0, rng.uniform(0.01, 1.0, fibers))
+            y = cupytv.prox_tv1d(x, lam[:, None])
+            y[1::11, n // 2] = np.nan
+            y[2::13, 0] = np.inf
+            if n > 1:
+                y[3::17, :2] = np.array([0.0, -0.0], dtype)
+            g = rng.standard_normal(x.shape).astype(dtype)
+            results = []
+            for staged in (True, False):
+                gx, gf = np.full_like(y, 7.0), np.full(fibers, 7.0, dtype)
+                tv1d._launch_vjp(y, g, gx, gf, (fibers, n, 1), 0.0, staged)
+                results.append((gx, gf))
+            for a, b in zip(*results, strict=True):
+                np.testing.assert_array_equal(a, b, err_msg=f"{n=} {fibers=}")
+            # Strided fibers (the GPU's uniform passes in place, the host's walk): the same bits.
+            if fibers > 1 and n < 40:
+                view = (1, n, fibers)
+                yt, gt = np.ascontiguousarray(y.T), np.ascontiguousarray(g.T)
+                strided = []
+                for staged in (True, False):
+                    gx, gf = np.full_like(yt, 7.0), np.full(fibers, 7.0, dtype)
+                    tv1d._launch_vjp(yt, gt, gx, gf, view, 0.0, staged)
+                    strided.append((gx, gf))
+                for a, b, c in zip(*strided, results[0], strict=True):
+                    np.testing.assert_array_equal(a, b, err_msg=f"strided {n=} {fibers=}")
+                    np.testing.assert_array_equal(a, c.T if a.ndim == 2 else c)
+            finite = np.isfinite(y).all(axis=1)
+            assert np.isnan(results[0][0][~finite]).all()
+            assert np.isnan(results[0][1][~finite]).all()
+            want_x, want_l = reference.prox_tv1d_vjp(
+                x[finite].astype(np.float64), lam[finite, None], g[finite].astype(np.float64)
+            )
+            tol = 8 * np.finfo(dtype).eps * max(n, 1) * float(np.abs(g).max())
+            ok = np.ones(fibers, bool)
+            ok[1::11] = ok[2::13] = False
+            if n > 1:
+                ok[3::17] = False  # y was edited: not the prox of x any more
+            sel = ok[finite]
+            np.testing.assert_allclose(results[0][0][ok], want_x[sel], rtol=0, atol=tol)
+            np.testing.assert_allclose(results[0][1][ok], want_l[sel, 0], rtol=0, atol=n * tol)
+
+
 def test_vjp_fuse_atol_joins_noisy_segments(xp):
     # Outputs of iterative solvers carry rounding noise inside segments; fuse_atol joins them.
     y = np.repeat([0.5, -1.0, 2.0], 4) + 1e-13 * np.arange(12)
