@@ -45,7 +45,14 @@
 //       jump into / out of the segment (0 at the fiber ends): the derivative of
 //       y_S = mean_S(x) + lam (s_out - s_in) / |S| (see cupytv/reference/tv1d.py). grad_lam has
 //       one entry per fiber (o-major); the wrapper sums it down to lam's shape. A fiber whose y
-//       holds NaN or +-Inf gets all-NaN grad_x and a NaN grad_lam.
+//       holds NaN or +-Inf gets all-NaN grad_x and a NaN grad_lam. Each mean is
+//       sum * (1 / |S|) (a correctly rounded reciprocal, from a per-block table on the GPU;
+//       sum / |S| past TV1D_RECIP_MAX samples). With tiny == 0 the GPU variant (<T>) runs two
+//       passes of n trips per fiber that keep a warp's lanes in step (sums and each segment's
+//       mean at its last sample; then the means spread backwards), staging contiguous fibers of
+//       at most TV1D_VJP_STAGE_MAX_N samples: y through the tile into segment masks, then g
+//       through the same tile, solved there, stored coalesced. The host variant (<T, false>)
+//       walks segment by segment (faster on a CPU); both give the same bits.
 //   tv1d_weight_grad<T>(grad_fiber, grad_lam, fibers, div, mod)
 //       grad_lam[j] = sum of grad_fiber[f] over the fibers whose weight is entry j (the
 //       FiberWeight indexing: (f / div) % mod == j; a scalar weight is div = mod = 1), summed in
@@ -69,8 +76,8 @@
 // rows are padded to an odd length (n | 1) so that thread t reading element k of its row hits bank
 // (t * row + k) mod 32, all distinct across a warp. When the tile does not fit, contiguous fibers
 // are read in place (through L1). No transposing copies for any axis. For double tiles the
-// 8-byte words of an odd row stride are conflict-free as well. The backward reads y and g in place
-// for every layout (one pass, no tile: its per-sample work is a compare and an add).
+// 8-byte words of an odd row stride are conflict-free as well. The backward stages as described
+// with tv1d_vjp above.
 //
 // Launch contract (what the wrapper implements):
 //   block      = TV1D_BLOCK threads (x only); grid = ceil(outer * inner / TV1D_BLOCK) blocks
@@ -78,7 +85,9 @@
 //                block must be exactly TV1D_BLOCK for shared_mem below to match.
 //   shared_mem = forward, staged kernels only, when inner == 1 and
 //                TV1D_BLOCK * (n | 1) * sizeof(T) <= TV1D_STAGE_MAX_BYTES: that product;
-//                otherwise 0 (always 0 for the <T, false> kernels and tv1d_vjp).
+//                tv1d_vjp<T> too when also n <= TV1D_VJP_STAGE_MAX_N and tiny == 0;
+//                otherwise 0 (always 0 for the <T, false> kernels). tv1d_condat_short<T> is
+//                launched only where its tile fits, with that product.
 //   scratch    = outer * inner * scratch_per_fiber elements of T, 8-byte aligned (NumPy and CuPy
 //                allocations are), where scratch_per_fiber = 4 * (n + 1) * sizeof(double) /
 //                sizeof(T) for tv1d_taut_string, the same for tv1d_condat when

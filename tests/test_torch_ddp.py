@@ -174,3 +174,9 @@ def test_ddp_lam_identical_across_ranks(tmp_path):
 
 if __name__ == "__main__":
     _worker(Path(sys.argv[1]))
+    # The results are on disk and the process group is destroyed. torch 2.13's exit-time teardown
+    # of gloo aborted about one run in ten with "terminate called without an active exception"
+    # (also before any cupytv change of the session that found it; a rank runs our kernels on
+    # one thread, so no thread of ours is alive): leave without the interpreter's teardown.
+    sys.stdout.flush()
+    os._exit(0)
