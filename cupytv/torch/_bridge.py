@@ -131,7 +131,8 @@ def apply(function: type[torch.autograd.Function], op, *args):
     (``jvp``, without which forward AD sees no derivative and returns a zero tangent) and the
     ``setup_context`` / vmap support torch.func needs. Dynamo refuses a Function with a custom
     ``jvp`` (a graph break), so under ``torch.compile`` the op is called as is: its registered
-    autograd (the same backward) is what AOT autograd traces.
+    autograd (the same backward) is what AOT autograd traces. In plain eager mode a call with
+    nothing to differentiate skips the Function (see :func:`_records_autograd`).
     """
     if torch.compiler.is_compiling():
         return op(*args)
