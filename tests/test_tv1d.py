@@ -567,6 +567,40 @@ def test_staged_and_unstaged_vjp_agree_bit_for_bit(rng, dtype):
             np.testing.assert_allclose(results[0][1][ok], want_l[sel, 0], rtol=0, atol=n * tol)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_short_fiber_kernel_matches_the_host_scan_on_adversarial_data(rng, dtype):
+    # tv1d_condat_short (the GPU's kernel for contiguous fibers of <= 64 samples: scan with masks,
+    # then value and spread passes) must give condat_scan's bits. Data where its settle and its
+    # restarts matter: plateaus and exact ties, spikes, constants, random walks, a large offset
+    # at a tiny scale; lam from 0 to huge, per fiber; every length up to the limit.
+    for n in (1, 2, 3, 4, 31, 32, 33, 63, 64):
+        fibers = 2 * BLOCK + 3
+        base = rng.standard_normal((fibers, n))
+        kinds = [
+            base,
+            np.round(base * 2) / 2,  # plateaus, ties
+            np.where(rng.random((fibers, n)) < 0.05, 50.0, 0.0),  # spikes on zero
+            np.ones((fibers, n)) * 3.0,  # constants
+            np.cumsum(base, axis=1),  # random walks
+            1e4 + 1e-30 * base,  # a large offset at a tiny scale (float32: constants)
+            np.tile(np.arange(n, dtype=float), (fibers, 1)),  # ramps
+        ]
+        for x in kinds:
+            x = x.astype(dtype)
+            lam = np.exp(rng.uniform(-8, 6, (fibers, 1)))
+            lam[::9] = 0.0
+            lam[1::9] = 1e30
+            lam[2::9] = 1e-30
+            weight = tv1d.Weight.of(lam, x.shape, 1)
+            out = []
+            for staged in (True, False):
+                y = np.full_like(x, np.nan)
+                tv1d._launch_forward("tv1d_condat", x, y, weight, (fibers, n, 1), staged)
+                out.append(y)
+            np.testing.assert_array_equal(out[0], out[1], err_msg=f"{n=}")
+            np.testing.assert_array_equal(out[0][::9], x[::9])  # lam = 0: an exact copy
+
+
 def test_vjp_fuse_atol_joins_noisy_segments(xp):
     # Outputs of iterative solvers carry rounding noise inside segments; fuse_atol joins them.
     y = np.repeat([0.5, -1.0, 2.0], 4) + 1e-13 * np.arange(12)
