@@ -304,8 +304,11 @@ class Bench:
         self.rows: list[dict] = []
 
     def set_threads(self, threads: int) -> None:
+        # The host executor has its own pool (issue 16), set through cupytv; the plain C loops
+        # run on OpenMP. Before this set both, the executor's "1 thread" rows ran on every core.
+        cupytv.set_num_threads(threads)
         if self.lib is not None:
-            self.lib.set_threads(threads)  # one libgomp per process: this sets the executor too
+            self.lib.set_threads(threads)
 
     def measure(self, entries: list[Entry]) -> None:
         """Warm every entry up (and check its output), then time them in interleaved rounds.
