@@ -287,7 +287,7 @@ __device__ void condat_masked(T* row, index_t n, T lam_t) {
     return;
   }
   // Values: condat_scan's closed forms and its settle (see Ties there), in its order.
-  double last_value = 0.0, last_sum = 0.0, last_len = 0.0;
+  Settle settle{lam};
   double sum = 0.0, ubv = 0.0;
   int start = 0;
   {  // the loop's probe scope ends with the loop
@@ -303,22 +303,7 @@ __device__ void condat_masked(T* row, index_t n, T lam_t) {
         const bool jump = (jumps >> j) & 1ULL, down = (downs >> j) & 1ULL;
         const double len = static_cast<double>(j + 1 - start);
         const double closed = (sum + ubv + (jump ? (down ? -lam : lam) : 0.0)) / len;
-        double value = closed;
-        {
-          const double eps = 2.220446049250313e-16;  // the sums are doubles
-          const double spread = (fabs(last_sum) + lam) * len + (fabs(sum) + lam) * last_len;
-          const double gap = fabs(closed - last_value) * (last_len * len);
-          if (start > 0 && gap <= TV1D_MERGE_ULPS * eps * spread) {
-            last_sum += sum;
-            last_len += len;
-            value = last_value;
-          } else {
-            last_value = closed;
-            last_sum = sum;
-            last_len = len;
-          }
-        }
-        row[j] = static_cast<T>(value);
+        row[j] = static_cast<T>(settle(start, j + 1, sum, closed));
         ubv = down ? lam : -lam;
         start = j + 1;
       }

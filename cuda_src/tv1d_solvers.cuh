@@ -98,6 +98,33 @@ __device__ __forceinline__ bool trivial_fiber(const T* x, index_t sx, T* y, inde
   return false;
 }
 
+// The tie rule of condat_scan (see Ties below), shared with tv1d.cu's condat_masked: the value to
+// write for segment [begin, end) with sum s and closed-form value `value` is the last segment's
+// when the two differ by rounding only. Keeps the last segment written: its value, sum and length
+// (a merged run counts as one).
+struct Settle {
+  double lam;
+  double last_value = 0.0, last_sum = 0.0, last_len = 0.0;
+  __device__ __forceinline__ double operator()(index_t begin, index_t end, double s,
+                                               double value) {
+    const double len = static_cast<double>(end - begin);
+    const double eps = 2.220446049250313e-16;  // the sums are doubles
+    // |value - last| <= MERGE eps ((|last_sum| + lam) / last_len + (|s| + lam) / len), times
+    // last_len len: no division on the path every segment takes.
+    const double spread = (fabs(last_sum) + lam) * len + (fabs(s) + lam) * last_len;
+    const double gap = fabs(value - last_value) * (last_len * len);
+    if (begin > 0 && gap <= TV1D_MERGE_ULPS * eps * spread) {
+      last_sum += s;
+      last_len += len;
+      return last_value;
+    }
+    last_value = value;
+    last_sum = s;
+    last_len = len;
+    return value;
+  }
+};
+
 // Condat's direct algorithm on a finite fiber with lam > 0, n >= 2. x and y may alias (it writes
 // only samples before the ones it still reads). Returns false, with y partly written, when the
 // scan would exceed `budget` steps.
@@ -136,27 +163,7 @@ __device__ bool condat_scan(const T* x, index_t sx, T* y, index_t sy, index_t n,
   double smin = sum, smax = sum;           // the sums up to kmin, up to kmax
   double vmin = sum - lam, vmax = sum + lam;
   double umin = lam, umax = -lam;
-  // The last segment written: its value, sum and length (a merged run counts as one).
-  double last_value = 0.0, last_sum = 0.0, last_len = 0.0;
-  // The value to write for segment [begin, end) with sum s and closed-form value `value`: the
-  // last segment's when the two differ by rounding only (see Ties above).
-  auto settle = [&](index_t begin, index_t end, double s, double value) {
-    const double len = static_cast<double>(end - begin);
-    const double eps = 2.220446049250313e-16;  // the sums are doubles
-    // |value - last| <= MERGE eps ((|last_sum| + lam) / last_len + (|s| + lam) / len), times
-    // last_len len: no division on the path every segment takes.
-    const double spread = (fabs(last_sum) + lam) * len + (fabs(s) + lam) * last_len;
-    const double gap = fabs(value - last_value) * (last_len * len);
-    if (begin > 0 && gap <= TV1D_MERGE_ULPS * eps * spread) {
-      last_sum += s;
-      last_len += len;
-      return last_value;
-    }
-    last_value = value;
-    last_sum = s;
-    last_len = len;
-    return value;
-  };
+  Settle settle{lam};
   // End [k0, kmin] with a jump down after it (or [k0, kmax], up) and restart behind it.
 #define TV1D_JUMP(down)                                                                     \
   {                                                                                         \
