@@ -62,8 +62,9 @@
 //   columns: Zd = A(Wd) (with lam0d);  Und = Wd - Zd;  Ubd = Und + beta (Und - Ud);  Ud = Und
 // so the JVP is the exact transpose of the backward above (the same segments and jump signs).
 //
-// Layout: x, z (the output), g, grad_x are C-contiguous (slices, h, w). lam0[s * lam_stride] and
-// lam1[s * lam_stride] are slice s's weights (lam_stride 0 for one pair shared by all slices).
+// Layout: x, z (the output), g, grad_x are C-contiguous (slices, h, w). Slice s's weights are
+// cupytv::FiberWeight<T>{lam0 (lam1), lam_value0 (lam_value1), lam_first, lam_div, lam_mod}(s)
+// (common.cuh): both read with one pattern, by value when lam_mod is 0.
 // momentum: 0 (Dykstra) or 1 (accelerated). Bits: per iteration t and slice s,
 // words_per_iter = h * ceil(w / 16) + w * ceil(h / 16) 32-bit words at
 // bits[(t * slices + s) * words_per_iter]: first the rows (word m of row r at m * h + r), then
@@ -568,8 +569,9 @@ __device__ __forceinline__ void fused_iteration(const T* xs, ForwardArrays<T> f,
 
 template <typename T>
 __global__ void tv2d_solve(const T* __restrict__ x, T* __restrict__ z, const T* __restrict__ lam0,
-                           const T* __restrict__ lam1, cupytv::index_t lam_stride,
-                           cupytv::index_t slices, cupytv::index_t h, cupytv::index_t w,
+                           const T* __restrict__ lam1, T lam_value0, T lam_value1,
+                           cupytv::index_t lam_first, cupytv::index_t lam_div,
+                           cupytv::index_t lam_mod, cupytv::index_t slices, cupytv::index_t h, cupytv::index_t w,
                            int momentum, int max_iter, double tol, int* __restrict__ n_iter,
                            double* __restrict__ gap) {
   using cupytv::index_t;
@@ -578,7 +580,8 @@ __global__ void tv2d_solve(const T* __restrict__ x, T* __restrict__ z, const T* 
   const tv2d::FusedTile<T> tile = tv2d::fused_tile<T>(h, w, momentum);
   const tv2d::ForwardArrays<T> f = tv2d::forward_arrays(tile);
   const T* xs = x + s * h * w;
-  const T l0 = lam0[s * lam_stride], l1 = lam1[s * lam_stride];
+  const T l0 = cupytv::FiberWeight<T>{lam0, lam_value0, lam_first, lam_div, lam_mod}(s);
+  const T l1 = cupytv::FiberWeight<T>{lam1, lam_value1, lam_first, lam_div, lam_mod}(s);
   tv2d::fused_fill(f.Z, xs, tile.ld, h, w);
   tv2d::fused_fill(f.Ub, static_cast<const T*>(nullptr), tile.ld, h, w);
   if (momentum) tv2d::fused_fill(f.U, static_cast<const T*>(nullptr), tile.ld, h, w);
@@ -622,7 +625,9 @@ __global__ void tv2d_solve(const T* __restrict__ x, T* __restrict__ z, const T* 
 template <typename T>
 __global__ void tv2d_solve_vjp(const T* __restrict__ x, const T* __restrict__ g,
                                const T* __restrict__ lam0, const T* __restrict__ lam1,
-                               cupytv::index_t lam_stride, cupytv::index_t slices,
+                               T lam_value0, T lam_value1, cupytv::index_t lam_first,
+                               cupytv::index_t lam_div, cupytv::index_t lam_mod,
+                               cupytv::index_t slices,
                                cupytv::index_t h, cupytv::index_t w, int momentum,
                                const int* __restrict__ n_iter, unsigned int* __restrict__ bits,
                                T* __restrict__ grad_x, double* __restrict__ grad_lam) {
@@ -633,7 +638,8 @@ __global__ void tv2d_solve_vjp(const T* __restrict__ x, const T* __restrict__ g,
   const tv2d::ForwardArrays<T> f = tv2d::forward_arrays(tile);
   const T* xs = x + s * h * w;
   const T* gs = g + s * h * w;
-  const T l0 = lam0[s * lam_stride], l1 = lam1[s * lam_stride];
+  const T l0 = cupytv::FiberWeight<T>{lam0, lam_value0, lam_first, lam_div, lam_mod}(s);
+  const T l1 = cupytv::FiberWeight<T>{lam1, lam_value1, lam_first, lam_div, lam_mod}(s);
   const bool finite = tv2d::fused_finite(xs, tile.part, h, w);
   const double tiny = tv2d::jump_rtol<T>() * tv2d::fused_scale(xs, tile.part, h, w);
   const int n = finite ? n_iter[s] : 0;
@@ -721,14 +727,18 @@ __global__ void __launch_bounds__(TV2D_BLOCK)
 template <typename T>
 __global__ void __launch_bounds__(TV2D_BLOCK)
     tv2d_rows_gap(const T* __restrict__ x, const T* __restrict__ z, const T* __restrict__ lam0,
-                  const T* __restrict__ lam1, cupytv::index_t lam_stride, cupytv::index_t slices,
+                  const T* __restrict__ lam1, T lam_value0, T lam_value1,
+                  cupytv::index_t lam_first, cupytv::index_t lam_div, cupytv::index_t lam_mod,
+                  cupytv::index_t slices,
                   cupytv::index_t h, cupytv::index_t w, const int* __restrict__ state,
                   const T* __restrict__ scale, double* __restrict__ terms) {
   cupytv::index_t s, r;
   if (!tv2d::fiber_of(slices, h, &s, &r) || state[s] != TV2D_ACTIVE) return;
   const cupytv::index_t base = s * h * w;
-  tv2d::row_gap(x + base + r * w, z + base, w, h, w, r, static_cast<double>(lam0[s * lam_stride]),
-                static_cast<double>(lam1[s * lam_stride]), static_cast<double>(x[base]),
+  const T l0 = cupytv::FiberWeight<T>{lam0, lam_value0, lam_first, lam_div, lam_mod}(s);
+  const T l1 = cupytv::FiberWeight<T>{lam1, lam_value1, lam_first, lam_div, lam_mod}(s);
+  tv2d::row_gap(x + base + r * w, z + base, w, h, w, r, static_cast<double>(l0),
+                static_cast<double>(l1), static_cast<double>(x[base]),
                 tv2d::gap_unit(static_cast<double>(scale[s])), terms + s * h + r, slices * h);
 }
 
@@ -758,7 +768,8 @@ __global__ void __launch_bounds__(TV2D_BLOCK)
 template <typename T>
 __global__ void __launch_bounds__(TV2D_BLOCK)
     tv2d_rows_prox(const T* __restrict__ x, const T* __restrict__ ub, T* __restrict__ wbuf,
-                   T* __restrict__ z, const T* __restrict__ lam1, cupytv::index_t lam_stride,
+                   T* __restrict__ z, const T* __restrict__ lam1, T lam_value1,
+                   cupytv::index_t lam_first, cupytv::index_t lam_div, cupytv::index_t lam_mod,
                    cupytv::index_t slices, cupytv::index_t h, cupytv::index_t w,
                    const int* __restrict__ control, int replay, int t,
                    unsigned int* __restrict__ bits, const T* __restrict__ scale,
@@ -772,13 +783,15 @@ __global__ void __launch_bounds__(TV2D_BLOCK)
                               : static_cast<unsigned int*>(nullptr);
   const double tiny = replay ? tv2d::jump_rtol<T>() * static_cast<double>(scale[s]) : 0.0;
   tv2d::row_prox(x + base + r * w, ub + base, wbuf + base, z + base, w, w, r,
-                 lam1[s * lam_stride], ws, words, h, tiny);
+                 cupytv::FiberWeight<T>{lam1, lam_value1, lam_first, lam_div, lam_mod}(s), ws,
+                 words, h, tiny);
 }
 
 template <typename T>
 __global__ void __launch_bounds__(TV2D_BLOCK)
     tv2d_cols_prox(T* __restrict__ ub, T* __restrict__ u, const T* __restrict__ wbuf,
-                   T* __restrict__ z, const T* __restrict__ lam0, cupytv::index_t lam_stride,
+                   T* __restrict__ z, const T* __restrict__ lam0, T lam_value0,
+                   cupytv::index_t lam_first, cupytv::index_t lam_div, cupytv::index_t lam_mod,
                    cupytv::index_t slices, cupytv::index_t h, cupytv::index_t w, int momentum,
                    const int* __restrict__ control, int replay, int t,
                    unsigned int* __restrict__ bits, const T* __restrict__ scale,
@@ -791,7 +804,8 @@ __global__ void __launch_bounds__(TV2D_BLOCK)
   unsigned int* words = replay ? tv2d::col_words(bits, t, s, slices, h, w, c)
                               : static_cast<unsigned int*>(nullptr);
   const double tiny = replay ? tv2d::jump_rtol<T>() * static_cast<double>(scale[s]) : 0.0;
-  tv2d::col_prox(ub + base, u + base, wbuf + base, z + base, w, h, c, lam0[s * lam_stride],
+  tv2d::col_prox(ub + base, u + base, wbuf + base, z + base, w, h, c,
+                 cupytv::FiberWeight<T>{lam0, lam_value0, lam_first, lam_div, lam_mod}(s),
                  tv2d::momentum_of(momentum, t), momentum, ws, words, w, tiny);
 }
 

@@ -218,7 +218,7 @@ def prox_tv1d_vjp(x, lam, g, axis: int = -1, *, y=None, fuse_atol: float = 0.0):
     if weight.has_zero():
         lam_b = weight.broadcast()
         grad_x, grad_fiber = _identity_vjp(gc, yc, grad_x, grad_fiber, lam_b, (outer, n, inner), xp)
-    grad_lam = _weight_grad(grad_fiber, weight, xp)
+    grad_lam = weight_grad(grad_fiber, weight, xp)
     return grad_x.astype(dtype, copy=False), grad_lam.astype(dtype, copy=False)
 
 
@@ -228,18 +228,20 @@ WEIGHT_GRAD_MIN_FIBERS = 32
 
 
 class Weight:
-    """A checked 1D weight as the kernels read it (cupytv::FiberWeight in cuda_src/common.cuh).
+    """A checked weight as the kernels read it (cupytv::FiberWeight in cuda_src/common.cuh): one
+    value per fiber (1D) or per slice (2D, whose kernels take two weights read alike).
 
     Built from what the caller passed, never expanded to one value per fiber when avoidable: a
     scalar goes by value (``mod == 0``), an array varying along consecutive dimensions of the
     fiber grid (per channel, per sample, or both) as its own entries, read at
     ``((fiber) // div) % mod``; any other pattern (e.g. varying along two separated dimensions)
     is expanded to one entry per fiber. So a call's host cost does not grow with the number of
-    fibers (issue 17, item 5).
+    fibers (issue 17, item 5). Fibers (slices) are numbered in C order of x's dimensions other
+    than the TV axes, as the kernels lay them out.
 
     Attributes: ``value`` (float, for ``mod == 0``), ``data`` (float64 NumPy entries, else
     None), ``div``, ``mod``, ``shape`` (lam's own shape: its gradient's), ``reduced`` (x's shape
-    with the TV axis at 1), ``fibers``.
+    with the TV axes at 1), ``fibers``.
     """
 
     __slots__ = ("data", "div", "fibers", "mod", "reduced", "shape", "value")
@@ -249,10 +251,15 @@ class Weight:
         self.shape, self.reduced, self.fibers = shape, reduced, fibers
 
     @classmethod
-    def of(cls, lam, shape: tuple[int, ...], ax: int, compute=None) -> Weight:
-        """Check ``lam`` against an array of ``shape`` whose fibers run along ``ax``."""
-        checked = check_weight(lam, shape, (ax,), compute_dtype=compute)
-        reduced = (*shape[:ax], 1, *shape[ax + 1 :])
+    def of(cls, lam, shape: tuple[int, ...], axes, compute=None, name: str = "lam") -> Weight:
+        """Check ``lam`` against an array of ``shape`` whose fibers run along ``axes`` (one
+        normalized axis, or a tuple of them for slices)."""
+        axes = (axes,) if isinstance(axes, int) else tuple(axes)
+        checked = check_weight(lam, shape, axes, name, compute_dtype=compute)
+        reduced = list(shape)
+        for a in axes:
+            reduced[a] = 1
+        reduced = tuple(reduced)
         fibers = math.prod(reduced)
         if isinstance(checked, float):
             return cls(checked, None, 1, 0, getattr(lam, "shape", ()), reduced, fibers)
@@ -263,7 +270,7 @@ class Weight:
         if not varying:
             return cls(float(checked.reshape(-1)[0]), None, 1, 0, checked.shape, reduced, fibers)
         lo, hi = varying[0], varying[-1]
-        if all(padded[d] == reduced[d] for d in range(lo, hi + 1)):
+        if padded[lo : hi + 1] == reduced[lo : hi + 1]:
             data = np.ascontiguousarray(checked).reshape(-1)
             return cls(None, data, math.prod(reduced[hi + 1 :]), data.size, checked.shape,
                        reduced, fibers)  # fmt: skip
@@ -277,6 +284,21 @@ class Weight:
             return (like, compute.type(self.value), np.int64(0), np.int64(1), np.int64(0))
         lam = xp.asarray(self.data.astype(compute, copy=False))
         return (lam, compute.type(0), np.int64(first), np.int64(self.div), np.int64(self.mod))
+
+    def aligned(self, other: Weight) -> Weight:
+        """This weight read with ``other``'s pattern where the two differ (kernels that take
+        two weights, tv2d's, read them with one (div, mod)); its own ``shape`` is kept for its
+        gradient. A scalar is spread over the other's entries; two different patterns both
+        become one entry per fiber (``other.aligned(self)`` does the same to the other)."""
+        if (self.div, self.mod) == (other.div, other.mod):
+            return self
+        if self.mod == 0:
+            data = np.full(other.mod, self.value)
+            return Weight(None, data, other.div, other.mod, self.shape, self.reduced, self.fibers)
+        if other.mod == 0:
+            return self
+        data = self.per_fiber(np.arange(self.fibers))
+        return Weight(None, data, 1, self.fibers, self.shape, self.reduced, self.fibers)
 
     def per_fiber(self, fibers) -> np.ndarray:
         """The weight of each (global) fiber index in ``fibers`` (a NumPy integer array)."""
@@ -294,15 +316,23 @@ class Weight:
         return self.per_fiber(np.arange(self.fibers)).reshape(self.reduced)
 
 
-def _weight_grad(grad_fiber, weight: Weight, xp):
-    """Sum the per-fiber weight gradients down to lam's shape (an array, 0-d for a scalar)."""
+def weight_grad(grad_fiber, weight: Weight, xp):
+    """Sum the per-fiber weight gradients down to lam's shape (an array, 0-d for a scalar).
+
+    ``grad_fiber``: contiguous, one value per fiber, or several such runs back to back (tv2d's
+    two axes for one weight), all summed: a run is a whole number of the pattern's periods
+    (``div * mod`` divides ``fibers``), so entry ``(f / div) % mod`` is right across runs."""
+    if math.prod(weight.shape) == 0:  # an empty weight (broadcast against an empty batch)
+        return xp.zeros(weight.shape, dtype=grad_fiber.dtype)
     if weight.mod == 0:
         entries, div = 1, 1
     elif weight.mod == weight.fibers and weight.div == 1:  # one entry per fiber: nothing to sum
+        if grad_fiber.size != weight.fibers:
+            grad_fiber = grad_fiber.reshape(-1, weight.fibers).sum(axis=0)
         return xp.asarray(unbroadcast(grad_fiber.reshape(weight.reduced), weight.shape))
     else:
         entries, div = weight.mod, weight.div
-    if weight.fibers // entries < WEIGHT_GRAD_MIN_FIBERS:
+    if grad_fiber.size // entries < WEIGHT_GRAD_MIN_FIBERS:
         summed = grad_fiber.reshape(-1, entries, div).sum(axis=(0, 2))
     else:
         summed = xp.empty(entries, dtype=grad_fiber.dtype)
@@ -311,7 +341,7 @@ def _weight_grad(grad_fiber, weight: Weight, xp):
             f"tv1d_weight_grad<{_CTYPES[grad_fiber.dtype]}>",
             (entries,),
             (BLOCK,),
-            (grad_fiber, summed, np.int64(weight.fibers), np.int64(div), np.int64(entries)),
+            (grad_fiber, summed, np.int64(grad_fiber.size), np.int64(div), np.int64(entries)),
         )
     return summed.reshape(weight.shape)
 

@@ -20,19 +20,19 @@ from cupytv._validation import (
     check_like,
     check_max_iter,
     check_tol,
-    check_weight,
     method_entry,
     normalize_axes,
     split_lam_pair,
-    unbroadcast,
     vjp_arguments,
 )
 from cupytv.tv1d import (
     GUARD_MIN_N,
+    Weight,
     _array_module,
     _check_out,
     _compute_dtype,
     _scratch_per_fiber,
+    weight_grad,
 )
 
 STEM = "tv2d"
@@ -159,20 +159,27 @@ def prox_tv2d(
         array([[1., 3.],
                [1., 3.]])
     """
-    problem = _Problem(x, lam, axes, max_iter, tol, method)
-    if out is not None:
-        _check_out(out, x, problem.xp)
-    y = _forward(problem)
-    result = problem.restore(y)
-    if out is not None:
-        out[...] = result
-        result = out
+    result, problem = _solve(x, lam, axes, max_iter, tol, method, out)
     if not return_info:
         return result
     xp = problem.xp
     n_iter = problem.batch(problem.n_iter)
     gap = problem.batch(problem.gap)
     return result, ProxInfo(n_iter, gap, xp.asarray(gap <= tol))
+
+
+def _solve(x, lam, axes, max_iter, tol, method, out=None):
+    """:func:`prox_tv2d`'s work: ``(y, problem)``, the problem holding the per-slice counts
+    (``problem.batch(problem.n_iter)``) and gaps. The torch op calls this: it needs the counts
+    but not a ProxInfo (microseconds a call)."""
+    problem = _Problem(x, lam, axes, max_iter, tol, method)
+    if out is not None:
+        _check_out(out, x, problem.xp)
+    result = problem.restore(_forward(problem))
+    if out is not None:
+        out[...] = result
+        result = out
+    return result, problem
 
 
 def prox_tv2d_vjp(
@@ -234,21 +241,19 @@ def prox_tv2d_vjp(
     check_like(g, x, "g")
     if n_iter is None:
         _forward(problem)
-        counts = problem.n_iter
+        counts, n_max = problem.n_iter, None
     else:
-        counts = problem.counts_from(n_iter)
-    grad_x, grad_slices = _backward(problem, problem.flat(g), counts)
+        counts, n_max = problem.counts_from(n_iter)
+    grad_x, grad_slices = _backward(problem, problem.flat(g), counts, n_max=n_max)
     grad_x = problem.restore(grad_x)
-    if not problem.is_pair:  # one weight for both axes: its gradient is the sum of the two
-        grad_slices = grad_slices.sum(axis=0, keepdims=True)
-    per_axis = []
-    for k, lam_k in enumerate(problem.lam_parts):
-        shape = np.shape(lam_k)
-        if shape == ():  # a scalar: the sum over every slice
-            grad = grad_slices[k].sum()
-        else:
-            grad = unbroadcast(problem.reduced(grad_slices[k]), shape)
-        per_axis.append(xp.asarray(grad).astype(x.dtype))
+    # Summed to each weight's own entries as the 1D VJP sums its fibers' (a kernel when many
+    # slices share an entry), so a per-channel weight costs no O(slices) host work; one weight
+    # for both axes sums both rows.
+    rows = (grad_slices[0], grad_slices[1]) if problem.is_pair else (grad_slices.reshape(-1),)
+    per_axis = [
+        xp.asarray(weight_grad(row, weight, xp)).astype(x.dtype)
+        for row, weight in zip(rows, problem.weights, strict=True)
+    ]
     return grad_x, (tuple(per_axis) if problem.is_pair else per_axis[0])
 
 
@@ -294,7 +299,7 @@ def prox_tv2d_jvp(
         _forward(problem)
         counts = problem.n_iter
     else:
-        counts = problem.counts_from(n_iter)
+        counts, _ = problem.counts_from(n_iter)
     names = ("lam_dot[0]", "lam_dot[1]") if is_pair else ("lam_dot", "lam_dot")
     tangents = [
         _slice_values(problem, v, name) for v, name in zip((lam0_dot, lam1_dot), names, strict=True)
@@ -360,8 +365,9 @@ class _Problem:
         self.lam_parts = (lam0, lam1) if self.is_pair else (lam,)
         names = ("lam[0]", "lam[1]") if self.is_pair else ("lam", "lam")
         self.compute = _compute_dtype(self.dtype)
-        checked = [
-            check_weight(part, x.shape, self.axes, name, compute_dtype=self.compute)
+        # Each weight as given (cupytv.tv1d.Weight, one value per slice), kept for its gradient.
+        self.weights = [
+            Weight.of(part, x.shape, self.axes, self.compute, name)
             for part, name in zip(self.lam_parts, names, strict=False)
         ]
         # Shared checks: a bool or a string tol used to pass here as 1.0 or a ValueError.
@@ -376,20 +382,19 @@ class _Problem:
         self.xc = xp.ascontiguousarray(moved, dtype=self.compute).reshape(
             self.slices, self.h, self.w
         )
-        # Per-slice weights in slice order: stride 0 (one pair) when every slice shares them,
-        # decided on the weights as given, not on their broadcast to every slice.
-        shared = all(isinstance(c, float) or c.size <= 1 for c in checked)
-        if shared:
-            per_slice = [np.array([c if isinstance(c, float) else _first(c)]) for c in checked]
-        else:
-            reduced = tuple(1 if d in self.axes else n for d, n in enumerate(x.shape))
-            per_slice = [
-                self._slice_order(np.broadcast_to(c, reduced)).reshape(self.slices) for c in checked
-            ]
-        self.lam_stride = 0 if shared else 1
-        # One weight for both axes is checked and copied once, and passed as both.
-        lams = [xp.asarray(v.astype(self.compute)) for v in per_slice]
+        # The kernels read both weights with one pattern; one weight for both axes is converted
+        # once and passed as both. first: the slice this problem's slice 0 is (part()).
+        w0 = self.weights[0]
+        w1 = self.weights[-1]
+        w0, w1 = w0.aligned(w1), w1.aligned(w0)
+        lams = [
+            xp.asarray(w.data.astype(self.compute)) if w.mod else xp.empty(1, self.compute)
+            for w in ((w0, w1) if self.is_pair else (w0,))
+        ]
         self.lam0, self.lam1 = lams if self.is_pair else lams * 2
+        self.lam_values = (self.compute.type(w0.value or 0), self.compute.type(w1.value or 0))
+        self.lam_pattern = (np.int64(w0.div), np.int64(w0.mod))
+        self.first = 0
         self.n_iter = xp.zeros(self.slices, dtype=np.int32)
         self.gap = xp.empty(self.slices)
         self.gap.fill(np.nan)
@@ -404,9 +409,7 @@ class _Problem:
         if (lo, hi) == (0, self.slices):  # one chunk: the problem itself
             return self
         sub = copy.copy(self)
-        sub.xc, sub.slices = self.xc[lo:hi], hi - lo
-        if self.lam_stride:
-            sub.lam0, sub.lam1 = self.lam0[lo:hi], self.lam1[lo:hi]
+        sub.xc, sub.slices, sub.first = self.xc[lo:hi], hi - lo, self.first + lo
         sub.n_iter, sub.gap = self.n_iter[lo:hi], self.gap[lo:hi]
         return sub
 
@@ -425,17 +428,14 @@ class _Problem:
     def batch(self, per_slice):
         return per_slice.reshape(self.batch_shape)
 
-    def reduced(self, per_slice):
-        """Per-slice values as x's shape with both TV axes reduced to 1."""
-        a = per_slice.reshape((*self.batch_shape, 1, 1))
-        return a if self.last else self.xp.moveaxis(a, (-2, -1), self.axes)
-
     def counts_from(self, n_iter):
+        """``(counts, n_max)``: the per-slice counts (int32, slice order) and their maximum,
+        read once (on a GPU, each read of a count is a synchronisation)."""
         xp = self.xp
         if type(n_iter) is int and 0 <= n_iter <= MAX_ITERATIONS:  # one count for every slice
             counts = xp.empty(self.slices, dtype=np.int32)
             counts.fill(n_iter)
-            return counts
+            return counts, n_iter
         counts = xp.asarray(n_iter)
         if counts.dtype.kind not in "iu":
             raise TypeError(f"n_iter: expected integers (info.n_iter), got dtype {counts.dtype}")
@@ -446,14 +446,13 @@ class _Problem:
                 f"n_iter: expected an int or an array of the batch shape {self.batch_shape} "
                 f"(info.n_iter), got shape {counts.shape}"
             ) from None
-        if counts.size and int(counts.min()) < 0:
-            raise ValueError(f"n_iter: expected counts >= 0, got {int(counts.min())}")
+        low, high = (int(counts.min()), int(counts.max())) if counts.size else (0, 0)
+        if low < 0:
+            raise ValueError(f"n_iter: expected counts >= 0, got {low}")
         # The kernels count in int32: 2**32 used to wrap to 0 and return g as the gradient.
-        if counts.size and int(counts.max()) > MAX_ITERATIONS:
-            raise ValueError(
-                f"n_iter: expected counts <= 2**31 - 2 (int32), got {int(counts.max())}"
-            )
-        return xp.ascontiguousarray(counts, dtype=np.int32).reshape(self.slices)
+        if high > MAX_ITERATIONS:
+            raise ValueError(f"n_iter: expected counts <= 2**31 - 2 (int32), got {high}")
+        return xp.ascontiguousarray(counts, dtype=np.int32).reshape(self.slices), high
 
     def fused(self) -> tuple[int, int] | None:
         """(threads, shared bytes) of the fused kernel, or None when the slice needs the
@@ -469,18 +468,20 @@ class _Problem:
         return (threads, shared) if shared <= FUSED_MAX_SHARED_BYTES else None
 
     def lam_args(self):
-        return (self.lam0, self.lam1, np.int64(self.lam_stride))
+        """The kernels' (lam0, lam1, lam_value0, lam_value1, lam_first, lam_div, lam_mod)."""
+        return (self.lam0, self.lam1, *self.lam_values, np.int64(self.first), *self.lam_pattern)
+
+    def lam_arg(self, k: int):
+        """The row (k = 1) or column (k = 0) half's (lam, lam_value, lam_first, lam_div,
+        lam_mod)."""
+        lam = self.lam1 if k else self.lam0
+        return (lam, self.lam_values[k], np.int64(self.first), *self.lam_pattern)
 
     def dims(self):
         return (np.int64(self.slices), np.int64(self.h), np.int64(self.w))
 
     def ctype(self) -> str:
         return _CTYPES[self.compute]
-
-
-def _first(a: np.ndarray) -> float:
-    """The one weight of an array holding at most one (0 for an empty one: no slice reads it)."""
-    return float(a.reshape(-1)[0]) if a.size else 0.0
 
 
 def _forward(pb: _Problem, path: str | None = None):
@@ -542,23 +543,26 @@ def _forward_multi(pb: _Problem, z) -> None:
     _multi(f"tv2d_fill_nan<{ct}>", rows, (z, *dims, state))
 
 
-def _backward(pb: _Problem, gc, counts, path: str | None = None):
+def _backward(pb: _Problem, gc, counts, path: str | None = None, n_max: int | None = None):
     """grad_x as (slices, h, w) and the per-slice lam gradients as a (2, slices) float64 array:
-    row 0 for lam0 (axes[0]), row 1 for lam1. Chunks of slices in turn, as the forward."""
+    row 0 for lam0 (axes[0]), row 1 for lam1. Chunks of slices in turn, as the forward.
+    ``n_max``: the largest count when the caller knows it (on a GPU, reading it is a
+    synchronisation)."""
     xp = pb.xp
     grad_x = xp.empty_like(pb.xc)
     if pb.xc.size == 0:
         return grad_x, xp.zeros((2, pb.slices))
     fused = _fused_config(pb, path)
-    n_max = int(counts.max())
+    if n_max is None:
+        n_max = int(counts.max())
     workspace = n_max * _record_words(pb) * _WORD_BYTES
     if fused is None:
         workspace += _multi_workspace(pb, backward=True)
     per_chunk = _chunks.chunk_items(pb.slices, workspace, pb.xc.nbytes, pb.h * pb.w, xp)
     if per_chunk == pb.slices:  # one chunk: its gradients are the result
         if fused is not None:
-            return grad_x, _backward_fused(pb, gc, counts, fused, grad_x)
-        return grad_x, _backward_multi(pb, gc, counts, grad_x)
+            return grad_x, _backward_fused(pb, gc, counts, fused, grad_x, n_max)
+        return grad_x, _backward_multi(pb, gc, counts, grad_x, n_max)
     grad_lam = xp.empty((2, pb.slices))
     for lo, hi in _chunks.ranges(pb.slices, per_chunk):
         part, out = pb.part(lo, hi), grad_x[lo:hi]
@@ -569,11 +573,13 @@ def _backward(pb: _Problem, gc, counts, path: str | None = None):
     return grad_x, grad_lam
 
 
-def _backward_fused(pb: _Problem, gc, counts, fused, grad_x):
-    """The fused backward of every slice of ``pb`` into ``grad_x``; returns its lam gradients."""
+def _backward_fused(pb: _Problem, gc, counts, fused, grad_x, n_max: int | None = None):
+    """The fused backward of every slice of ``pb`` into ``grad_x``; returns its lam gradients.
+    ``n_max``: counts' maximum, when known."""
     xp = pb.xp
     grad_lam = xp.empty((2, pb.slices))  # the kernel writes both rows whole
-    bits = _record(xp, int(counts.max()) * pb.slices * _record_words(pb))
+    n_max = int(counts.max()) if n_max is None else n_max
+    bits = _record(xp, n_max * pb.slices * _record_words(pb))
     threads, shared = fused
     args = (pb.xc, gc, *pb.lam_args(), *pb.dims(), np.int32(pb.momentum), counts, bits, grad_x,
             grad_lam)  # fmt: skip
@@ -581,12 +587,12 @@ def _backward_fused(pb: _Problem, gc, counts, fused, grad_x):
     return grad_lam
 
 
-def _backward_multi(pb: _Problem, gc, counts, grad_x):
+def _backward_multi(pb: _Problem, gc, counts, grad_x, n_max: int | None = None):
     """The multi-launch backward of every slice of ``pb`` into ``grad_x``; returns its lam
     gradients."""
     xp = pb.xp
     grad_lam = xp.zeros((2, pb.slices))
-    n_max = int(counts.max())
+    n_max = int(counts.max()) if n_max is None else n_max
     ct, dims = pb.ctype(), pb.dims()
     bits, (ub, u, wbuf, z), state = _replay(pb, counts, n_max)
     rows, cols = _grid(pb.slices * pb.h), _grid(pb.slices * pb.w)
@@ -633,12 +639,11 @@ def _iteration(pb: _Problem, t: int, arrays, control, replay: int, bits, scale, 
     """One multi-launch iteration: the row half, then the column half."""
     x, ub, u, wbuf, z = arrays
     ct, dims = pb.ctype(), pb.dims()
-    stride = np.int64(pb.lam_stride)
     _multi(f"tv2d_rows_prox<{ct}>", _grid(pb.slices * pb.h),
-           (x, ub, wbuf, z, pb.lam1, stride, *dims, control, np.int32(replay), np.int32(t), bits,
+           (x, ub, wbuf, z, *pb.lam_arg(1), *dims, control, np.int32(replay), np.int32(t), bits,
             scale, scratch))  # fmt: skip
     _multi(f"tv2d_cols_prox<{ct}>", _grid(pb.slices * pb.w),
-           (ub, u, wbuf, z, pb.lam0, stride, *dims, np.int32(pb.momentum), control,
+           (ub, u, wbuf, z, *pb.lam_arg(0), *dims, np.int32(pb.momentum), control,
             np.int32(replay), np.int32(t), bits, scale, scratch))  # fmt: skip
 
 

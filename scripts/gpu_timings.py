@@ -131,7 +131,8 @@ def _tv2d_vjp(x, g, case, n_iter):
     if case.path == "fused":
         return cupytv.prox_tv2d_vjp(x, case.lam, g, n_iter=n_iter)
     pb = tv2d._Problem(x, case.lam, (-2, -1), 1, 0.0, "auto")
-    return tv2d._backward(pb, pb.flat(g), pb.counts_from(n_iter), "multi")
+    counts, n_max = pb.counts_from(n_iter)
+    return tv2d._backward(pb, pb.flat(g), counts, "multi", n_max)
 
 
 def moved_bytes(case: Case) -> int:

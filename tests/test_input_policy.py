@@ -1002,3 +1002,30 @@ def test_torch_cpu_and_cuda_do_not_mix(name):
                    "lam: expected a tensor on x's device cuda:0", "got one on cpu")  # fmt: skip
     assert_refused(lambda: call(x, cpu_lam.cuda()), ValueError,
                    "lam: expected a tensor on x's device cpu", "got one on cuda:0")  # fmt: skip
+
+
+@pytest.mark.parametrize("entries", [1, 4, 64, 65, 300])  # Python-float path up to 64, NumPy after
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (np.nan, "lam: expected finite values, got nan"),
+        (np.inf, "lam: expected finite values, got inf"),
+        (-np.inf, "lam: expected finite values, got -inf"),
+        (-0.5, "lam: expected values >= 0, got -0.5"),
+        (-0.0, None),  # accepted: -0.0 >= 0
+        (1e39, "lam: expected values <= 3.403e+38"),
+        (3.4e38, None),  # accepted: finite in float32
+    ],
+)
+def test_an_array_weight_with_one_bad_entry_is_refused_at_any_size(entries, bad, message):
+    """The weight check's two paths (Python floats for small arrays, NumPy reductions above)
+    refuse the same values with the same messages, wherever the bad entry is."""
+    x = np.zeros((2, entries, 5), np.float32)
+    for where in {0, entries // 2, entries - 1}:
+        lam = np.full((1, entries, 1), 0.25)
+        lam[0, where, 0] = bad
+        if message is None:
+            assert cupytv.prox_tv1d(x, lam).shape == x.shape
+            continue
+        with pytest.raises(ValueError, match=re.escape(message)):
+            cupytv.prox_tv1d(x, lam)

@@ -204,6 +204,62 @@ def test_per_slice_and_per_axis_lam(xp, rng):
         assert_close_to_reference(y[i, 0], x[i, 0], lam0.flat[i], lam0.flat[i], 1e-12, np.float64)
 
 
+# Weights as the kernels read them (cupytv::FiberWeight per slice, both weights with one
+# pattern): each layout must give the bits of the same weights expanded to one per slice. x is
+# (3, 4, H, 5, W) with TV axes (2, 4): slices (3, 4, 5); lam0, lam1 shapes (x's rank, or fewer).
+WEIGHT_LAYOUTS_2D = [
+    ((), ()),
+    ((4, 1, 1, 1), None),  # one per-channel weight for both axes: div 5, mod 4
+    ((3, 1, 1, 1, 1), None),  # per sample
+    ((3, 4, 1, 1, 1), None),  # both
+    ((5, 1), None),  # along the batch dimension between the TV axes
+    ((3, 1, 1, 5, 1), None),  # separated dimensions: expanded to one entry per slice
+    ((), (4, 1, 1, 1)),  # a scalar spread over the other's entries
+    ((4, 1, 1, 1), (3, 1, 1, 1, 1)),  # two patterns: both expanded
+    ((4, 1, 1, 1), (4, 1, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("hw", [(6, 7), (70, 3)])  # fused, multi-launch (h > FUSED_MAX_N)
+@pytest.mark.parametrize(("shape0", "shape1"), WEIGHT_LAYOUTS_2D)
+def test_weight_layouts_give_the_bits_of_per_slice_weights(
+    xp, rng, monkeypatch, hw, shape0, shape1
+):
+    from cupytv import _chunks
+
+    h, w = hw
+    x = rng.standard_normal((3, 4, h, 5, w))
+    g = rng.standard_normal(x.shape)
+    reduced = (3, 4, 1, 5, 1)
+
+    def weight(shape):
+        return 0.4 if shape == () else rng.uniform(0.05, 1.0, shape)
+
+    lam0 = weight(shape0)
+    lam = lam0 if shape1 is None else (lam0, weight(shape1))
+    parts = (lam,) if shape1 is None else lam
+    expanded = [np.ascontiguousarray(np.broadcast_to(v, reduced)) for v in parts]
+    full = expanded[0] if shape1 is None else tuple(expanded)
+    kw = {"axes": (2, 4), "max_iter": 12, "tol": 0.0}
+    y_full = host_array(prox_tv2d(to(xp, x), full, **kw))
+    gx_full, gl_full = prox_tv2d_vjp(to(xp, x), full, to(xp, g), (2, 4), n_iter=12)
+    # Chunks of 7 slices on the multi-launch path: each reads the weights from its lam_first
+    # (chunking changes no bit).
+    monkeypatch.setattr(_chunks, "chunk_items", lambda count, *args: min(count, 7))
+    np.testing.assert_array_equal(host_array(prox_tv2d(to(xp, x), lam, **kw)), y_full)
+    gx, gl = prox_tv2d_vjp(to(xp, x), lam, to(xp, g), (2, 4), n_iter=12)
+    np.testing.assert_array_equal(host_array(gx), host_array(gx_full))
+    grads = (gl,) if shape1 is None else gl
+    grads_full = (gl_full,) if shape1 is None else gl_full
+    for part, got, want in zip(parts, grads, grads_full, strict=True):
+        # Each weight's gradient is the per-slice one summed over the slices sharing an entry.
+        assert np.shape(got) == np.shape(part)
+        padded = (1,) * (5 - np.ndim(part)) + np.shape(part)
+        summed = host_array(want).sum(axis=tuple(d for d in range(5) if padded[d] == 1))
+        np.testing.assert_allclose(host_array(got).reshape(-1), summed.reshape(-1), rtol=1e-12,
+                                   atol=1e-12)  # fmt: skip
+
+
 def test_axes_anywhere_and_batch_axes(xp, rng):
     x = rng.standard_normal((4, 9, 3, 11))
     y = host_array(prox_tv2d(to(xp, x), (0.3, 0.1), axes=(1, 3), **TIGHT))

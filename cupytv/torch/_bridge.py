@@ -12,7 +12,6 @@ import numbers
 
 import numpy as np
 import torch
-from torch._functorch.utils import unwrap_dead_wrappers
 from torch.autograd import forward_ad
 
 from cupytv._host.launch import default_threads_for_caller
@@ -24,10 +23,11 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 def to_array(t: torch.Tensor):
     """A zero-copy NumPy (CPU) or CuPy (CUDA) view of ``t``'s data (detached)."""
-    t = t.detach()
-    if t.device.type == "cpu":
-        return t.numpy()
-    if t.device.type == "cuda":
+    # is_cpu / is_cuda rather than device.type: a device object per call costs ~0.3 us.
+    if t.is_cpu:
+        return t.detach().numpy()
+    if t.is_cuda:
+        t = t.detach()
         import cupy
 
         return cupy.from_dlpack(t)
@@ -64,10 +64,10 @@ class on_stream:  # used as a function: ``with on_stream(x):``
 
     def __enter__(self):
         t = self._t
-        if t.device.type == "cpu":
+        if t.is_cpu:
             self._inner = default_threads_for_caller(torch.get_num_threads())
             self._inner.__enter__()
-        elif t.device.type == "cuda":
+        elif t.is_cuda:
             import cupy
 
             stream = torch.cuda.current_stream(t.device)
@@ -104,24 +104,40 @@ def call(op, *args):
     The autograd Functions' forwards (which run with autograd already handled) call this; under a
     torch.func transform the op is dispatched, for its vmap rule and functorch's wrapping.
     """
-    if torch._C._are_functorch_transforms_active() or not all(map(_plain, args)):
+    if torch._C._are_functorch_transforms_active() or not _plain(args):
         return op(*args)
     return _IMPLEMENTATIONS[op.name()](*args)
 
 
-def _plain(arg) -> bool:
-    """Not a tensor, or a tensor that is its own data: no subclass (fake, functional) and no
-    batching of the legacy vmap (gradcheck's batched checks), whose rules the op dispatches."""
-    if type(arg) is torch.Tensor:
-        # A legacy batched tensor has no backend key of its own (its data is the wrapped one's).
-        keys = torch._C._dispatch_keys(arg)
-        return keys.has(_CPU) or keys.has(_CUDA)
-    if isinstance(arg, (list, tuple)):
-        return all(map(_plain, arg))
-    return not isinstance(arg, torch.Tensor)  # a subclass (fake, functional) is not plain
+def _plain(args) -> bool:
+    """Every argument is not a tensor, or a tensor that is its own data: no subclass (fake,
+    functional) and no batching of the legacy vmap (gradcheck's batched checks), whose rules
+    the op dispatches. A loop over types rather than isinstance per argument: this runs on
+    every call."""
+    for arg in args:
+        kind = type(arg)
+        if kind is torch.Tensor:
+            # A legacy batched tensor has no backend key of its own (its data is the wrapped
+            # one's).
+            keys = torch._C._dispatch_keys(arg)
+            if not (keys.has(_CPU) or keys.has(_CUDA)):
+                return False
+        elif kind in _PLAIN_TYPES:
+            continue
+        elif isinstance(arg, (list, tuple)):
+            if not _plain(arg):
+                return False
+        elif isinstance(arg, torch.Tensor):  # a subclass (fake, functional) is not plain
+            return False
+    return True
+
+
+_PLAIN_TYPES = frozenset((int, float, str, bool, type(None)))
 
 
 _CPU, _CUDA = torch._C.DispatchKey.CPU, torch._C.DispatchKey.CUDA
+# What torch._functorch.utils.unwrap_dead_wrappers applies to each tensor argument.
+_unwrap_if_dead = torch._C._functorch.unwrap_if_dead
 
 
 def apply(function: type[torch.autograd.Function], op, *args):
@@ -142,12 +158,17 @@ def apply(function: type[torch.autograd.Function], op, *args):
         # Nothing to differentiate (inference, or a backward without create_graph): no graph
         # node to build, so no Function (~10 us of a small call).
         return call(op, *args)
-    args = tuple(Leaf(a) if isinstance(a, list) else a for a in args)
     # What Function.apply does when no torch.func transform is active, less the
     # inspect.signature binding of the forward's default arguments it runs first on every call
-    # (~30 us, more than the rest of a small call; our forwards have no defaults to bind).
-    # super(Function, ...).apply is torch._C._FunctionBase.apply, as Function.apply calls it.
-    return super(torch.autograd.Function, function).apply(*unwrap_dead_wrappers(args))
+    # (~30 us, more than the rest of a small call; our forwards have no defaults to bind). Its
+    # unwrap_dead_wrappers (functorch wrappers that outlived their transform) is done here in
+    # the pass that wraps lists as leaves. super(Function, ...).apply is
+    # torch._C._FunctionBase.apply, as Function.apply calls it.
+    args = tuple(
+        Leaf(a) if type(a) is list else _unwrap_if_dead(a) if isinstance(a, torch.Tensor) else a
+        for a in args
+    )
+    return super(torch.autograd.Function, function).apply(*args)
 
 
 def _records_autograd(args) -> bool:

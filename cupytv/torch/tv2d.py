@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 import cupytv
+from cupytv import tv2d
 from cupytv._validation import check_max_iter, check_tol, normalize_axes
 from cupytv.torch._bridge import (
     Layout,
@@ -50,11 +51,8 @@ def _prox_tv2d(
     # about it say "lam", as the caller wrote it, not "lam[0]".
     lam = to_array(lam0) if lam0 is lam1 else (to_array(lam0), to_array(lam1))
     with on_stream(x):
-        y, info = cupytv.prox_tv2d(
-            to_array(x), lam, tuple(axes), max_iter=max_iter, tol=tol, method=method,
-            return_info=True,
-        )  # fmt: skip
-        return from_array(y), from_array(info.n_iter)
+        y, problem = tv2d._solve(to_array(x), lam, tuple(axes), max_iter, tol, method)
+        return from_array(y), from_array(problem.batch(problem.n_iter))
 
 
 @_prox_tv2d.register_fake
