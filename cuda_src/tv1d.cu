@@ -12,14 +12,21 @@
 // All sizes, strides and indices are 64-bit.
 //
 // Kernels (T = float or double; computed in T, sums and dual variables accumulated in double):
-//   tv1d_condat<T>(x, y, lam, lam_value, lam_first, lam_div, lam_mod, outer, n, inner, scratch)
+//   tv1d_condat<T>(x, y, lam, lam_value, lam_first, lam_div, lam_mod, outer, n, inner, fallback)
 //       Condat's direct algorithm (L. Condat, "A direct algorithm for 1D total variation
 //       denoising", IEEE Signal Processing Letters 20(11), 2013), guarded against its quadratic
 //       worst case: a fiber whose scan exceeds TV1D_CONDAT_WORK_PER_SAMPLE * n steps (Condat's
 //       restarts re-read the same samples; a ramp with a large lam re-reads O(n) samples O(n)
-//       times) is re-solved from x by the linear-time taut string below. Only fibers longer than
-//       TV1D_GUARD_MIN_N get the guard (and scratch): below that the worst case is at most n + 1
-//       reads per sample (about n / 2 on a ramp), and a batch of short fibers needs no workspace.
+//       times) is appended to the `fallback` list (its y left partly written) and re-solved from
+//       x by tv1d_fallback, launched next. Only fibers longer than TV1D_GUARD_MIN_N get the
+//       guard: below that the worst case is at most n + 1 reads per sample (about n / 2 on a
+//       ramp). No workspace: the fallback pass holds it, for a bounded number of fibers at once.
+//   tv1d_fallback<T>(x, y, lam, lam_value, lam_first, lam_div, lam_mod, n, inner, fallback,
+//                    slots, scratch)
+//       The taut string (below) on each fiber of the list, read and written in place: thread t of
+//       `slots` takes entries t, t + slots, ... with the t-th taut_string_scratch<T>(n) elements
+//       of scratch. The wrapper sizes `slots` by a workspace budget, not by the fibers (issue 18:
+//       workspace only for the fibers that fall back); the count is read on the device.
 //   tv1d_condat_short<T>(same arguments): the GPU's tv1d_condat for contiguous fibers of at most
 //       TV1D_SHORT_MAX_N samples whose staged tile fits (inner == 1; the wrapper checks): Condat's
 //       scan in three passes that keep a warp's lanes in step (condat_masked: the same decisions
@@ -81,18 +88,21 @@
 //
 // Launch contract (what the wrapper implements):
 //   block      = TV1D_BLOCK threads (x only); grid = ceil(outer * inner / TV1D_BLOCK) blocks
-//                (x only). Forward kernels derive the staging decision from blockDim.x, so the
-//                block must be exactly TV1D_BLOCK for shared_mem below to match.
+//                (x only; tv1d_fallback: ceil(slots / TV1D_BLOCK)). Forward kernels derive the
+//                staging decision from blockDim.x, so the block must be exactly TV1D_BLOCK for
+//                shared_mem below to match.
 //   shared_mem = forward, staged kernels only, when inner == 1 and
 //                TV1D_BLOCK * (n | 1) * sizeof(T) <= TV1D_STAGE_MAX_BYTES: that product;
 //                tv1d_vjp<T> too when also n <= TV1D_VJP_STAGE_MAX_N and tiny == 0;
 //                otherwise 0 (always 0 for the <T, false> kernels). tv1d_condat_short<T> is
 //                launched only where its tile fits, with that product.
-//   scratch    = outer * inner * scratch_per_fiber elements of T, 8-byte aligned (NumPy and CuPy
-//                allocations are), where scratch_per_fiber = 4 * (n + 1) * sizeof(double) /
-//                sizeof(T) for tv1d_taut_string, the same for tv1d_condat when
-//                n > TV1D_GUARD_MIN_N, else 0 (the wrapper then passes a 1-element dummy).
-//                Never read before written.
+//   scratch    = tv1d_taut_string: outer * inner * taut_string_scratch<T>(n) elements of T
+//                (4 * (n + 1) doubles per fiber), 8-byte aligned (NumPy and CuPy allocations
+//                are); tv1d_fallback: slots * taut_string_scratch<T>(n). Never read before
+//                written.
+//   fallback   = tv1d_condat and tv1d_condat_short: 1 + outer * inner int64, fallback[0] == 0 at
+//                launch (a 1-element zero when n <= TV1D_GUARD_MIN_N: nothing is deferred);
+//                tv1d_fallback reads it after them, on the same stream.
 //
 // Per-fiber device functions (in tv1d_solvers.cuh, shared with tv2d.cu), usable from any loop (a
 // benchmark's plain C + OpenMP loop calls them with x and y distinct):
@@ -106,6 +116,8 @@
 // instantiate: tv1d_condat<double, false>
 // instantiate: tv1d_condat_short<float>
 // instantiate: tv1d_condat_short<double>
+// instantiate: tv1d_fallback<float>
+// instantiate: tv1d_fallback<double>
 // instantiate: tv1d_taut_string<float>
 // instantiate: tv1d_taut_string<double>
 // instantiate: tv1d_taut_string<float, false>
@@ -175,18 +187,26 @@ __device__ __forceinline__ bool tile_fits(index_t n, index_t inner) {
              TV1D_STAGE_MAX_BYTES;
 }
 
-// Solve one fiber in place in a staged tile (or anywhere x == y): Condat's scan, and on a
-// fallback the taut string re-reads the pristine samples from `source` (global x).
+// Condat's scan on one fiber (x and y may be the same, e.g. a staged tile row), guarded for
+// n > TV1D_GUARD_MIN_N: false when the scan ran past its budget, leaving y partly written, for
+// the caller to hand the fiber to the fallback pass (defer_fiber, tv1d_fallback).
 template <typename T>
-__device__ void condat_in_place(T* row, const T* source, index_t source_stride, index_t n, T lam,
-                                T* scratch) {
-  TV_PROBE(in_place_setup);
-  if (trivial_fiber(row, 1, row, 1, n, lam)) return;
+__device__ bool condat_guarded(const T* x, index_t sx, T* y, index_t sy, index_t n, T lam) {
+  TV_PROBE(condat_guarded);
+  if (trivial_fiber(x, sx, y, sy, n, lam)) return true;
   const bool guarded = n > TV1D_GUARD_MIN_N;
+  // Unguarded fibers get a budget their worst case cannot reach (see tv1d_condat_fiber).
   const index_t budget = guarded ? TV1D_CONDAT_WORK_PER_SAMPLE * n : n * n + 2 * n;
-  if (!condat_scan(row, 1, row, 1, n, lam, budget) && guarded) {
-    taut_string_solve(source, source_stride, row, 1, n, lam, reinterpret_cast<double*>(scratch));
-  }
+  return condat_scan(x, sx, y, sy, n, lam, budget) || !guarded;
+}
+
+// Append fiber f to the fallback list: fallback[0] counts, fallback[1 + k] are the fibers (in
+// no particular order; each is solved alone, so the order changes no bit).
+__device__ __forceinline__ void defer_fiber(index_t* fallback, index_t f) {
+  TV_PROBE(defer_fiber);
+  const unsigned long long k =
+      atomicAdd(reinterpret_cast<unsigned long long*>(fallback), 1ULL);
+  fallback[1 + static_cast<index_t>(k)] = f;
 }
 
 // Condat's scan on a staged fiber of at most 64 samples (the GPU's path for short contiguous
@@ -324,19 +344,21 @@ __device__ void condat_masked(T* row, index_t n, T lam_t) {
 
 enum Method { kCondat, kTautString };
 
-// The body every forward kernel shares: fiber indexing, per-fiber lam and scratch, and the
-// staging of contiguous fibers through shared memory.
+// The body every forward kernel shares: fiber indexing, per-fiber lam, and the staging of
+// contiguous fibers through shared memory. kCondat: `work` is the fallback list (defer_fiber);
+// kTautString: the scratch of taut_string_scratch<T>(n) elements per fiber.
 template <typename T, Method kMethod, bool kStage, bool kShort = false>
 __device__ __forceinline__ void forward(const T* __restrict__ x, T* __restrict__ y,
                                         const FiberWeight<T> lam, index_t outer, index_t n,
-                                        index_t inner, T* __restrict__ scratch) {
+                                        index_t inner, void* __restrict__ work) {
   TV_PROBE(forward_setup);
   const index_t fibers = outer * inner;
   const index_t first = cupytv::block_start_x();
   const index_t f = first + threadIdx.x;
-  const index_t per_fiber =
-      kMethod == kCondat ? condat_scratch<T>(n) : taut_string_scratch<T>(n);
-  T* const ws = scratch + (f < fibers ? f : 0) * per_fiber;
+  index_t* const fallback = static_cast<index_t*>(work);
+  T* const ws = kMethod == kCondat ? static_cast<T*>(nullptr)
+                                   : static_cast<T*>(work) +
+                                         (f < fibers ? f : 0) * taut_string_scratch<T>(n);
   if (kShort || (kStage && tile_fits<T>(n, inner))) {
     TV_PROBE(staged);
     // Coalesced load of the block's fibers, solve in the tile, coalesced store. Every thread
@@ -369,7 +391,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ x, T* __restrict__
       if (kShort) {
         condat_masked(mine, n, lam_f);
       } else if (kMethod == kCondat) {
-        condat_in_place(mine, src + threadIdx.x * n, 1, n, lam_f, ws);
+        if (!condat_guarded(mine, 1, mine, 1, n, lam_f)) defer_fiber(fallback, f);
       } else {
         tv1d_taut_string_fiber(mine, 1, mine, 1, n, lam_f, ws);
       }
@@ -396,13 +418,15 @@ __device__ __forceinline__ void forward(const T* __restrict__ x, T* __restrict__
     // A literal stride for contiguous fibers lets the compiler drop the index multiplications
     // from the scan (the host executor's main case; the strided call keeps the general form).
     TV_PROBE(unstaged_condat);
+    bool solved;
     if (inner == 1) {
       TV_PROBE(unstaged_contiguous);
-      tv1d_condat_fiber(x + base, 1, y + base, 1, n, lam_f, ws);
+      solved = condat_guarded(x + base, 1, y + base, 1, n, lam_f);
     } else {
       TV_PROBE(unstaged_strided);
-      tv1d_condat_fiber(x + base, inner, y + base, inner, n, lam_f, ws);
+      solved = condat_guarded(x + base, inner, y + base, inner, n, lam_f);
     }
+    if (!solved) defer_fiber(fallback, f);
   } else {
     TV_PROBE(unstaged_taut_string);
     tv1d_taut_string_fiber(x + base, inner, y + base, inner, n, lam_f, ws);
@@ -416,10 +440,10 @@ __global__ void __launch_bounds__(TV1D_BLOCK)
     tv1d_condat(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ lam, T lam_value,
                 cupytv::index_t lam_first, cupytv::index_t lam_div, cupytv::index_t lam_mod,
                 cupytv::index_t outer, cupytv::index_t n, cupytv::index_t inner,
-                T* __restrict__ scratch) {
+                cupytv::index_t* __restrict__ fallback) {
   tv1d::forward<T, tv1d::kCondat, kStage>(
       x, y, cupytv::FiberWeight<T>{lam, lam_value, lam_first, lam_div, lam_mod}, outer, n, inner,
-      scratch);
+      fallback);
 }
 
 template <typename T>
@@ -427,10 +451,37 @@ __global__ void __launch_bounds__(TV1D_BLOCK)
     tv1d_condat_short(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ lam,
                       T lam_value, cupytv::index_t lam_first, cupytv::index_t lam_div,
                       cupytv::index_t lam_mod, cupytv::index_t outer, cupytv::index_t n,
-                      cupytv::index_t inner, T* __restrict__ scratch) {
+                      cupytv::index_t inner, cupytv::index_t* __restrict__ fallback) {
   tv1d::forward<T, tv1d::kCondat, true, true>(
       x, y, cupytv::FiberWeight<T>{lam, lam_value, lam_first, lam_div, lam_mod}, outer, n, inner,
-      scratch);
+      fallback);
+}
+
+// The fallback pass: the fibers tv1d_condat deferred, re-solved from x by the taut string.
+// Thread t of the grid's `slots` threads solves list entries t, t + slots, ... with its own
+// taut_string_scratch<T>(n) elements of scratch; it reads every sample in place (strided or
+// not), as the unstaged forward does.
+template <typename T>
+__global__ void __launch_bounds__(TV1D_BLOCK)
+    tv1d_fallback(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ lam,
+                  T lam_value, cupytv::index_t lam_first, cupytv::index_t lam_div,
+                  cupytv::index_t lam_mod, cupytv::index_t n, cupytv::index_t inner,
+                  const cupytv::index_t* __restrict__ fallback, cupytv::index_t slots,
+                  T* __restrict__ scratch) {
+  using cupytv::index_t;
+  const index_t t = cupytv::block_start_x() + threadIdx.x;
+  if (t >= slots) return;
+  const cupytv::FiberWeight<T> weight{lam, lam_value, lam_first, lam_div, lam_mod};
+  const index_t count = fallback[0];
+  double* const ws = reinterpret_cast<double*>(scratch + t * tv1d::taut_string_scratch<T>(n));
+  TV_PROBE_LOOP(fallback);
+  for (index_t k = t; k < count; k += slots) {
+    TV_PROBE_TRIP(fallback);
+    const index_t f = fallback[1 + k];
+    const index_t o = f / inner;
+    const index_t base = o * n * inner + (f - o * inner);
+    tv1d::taut_string_solve(x + base, inner, y + base, inner, n, weight(f), ws);
+  }
 }
 
 template <typename T, bool kStage = true>

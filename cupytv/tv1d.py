@@ -30,10 +30,16 @@ STEM = "tv1d"
 METHODS = {"condat": "tv1d_condat", "taut_string": "tv1d_taut_string", "pn": "tv1d_pn"}
 DEFAULT_METHOD = "condat"
 # Launch contract of cuda_src/tv1d.cu (see its header): threads per block, the largest staged tile,
-# and the fiber length above which Condat's worst-case guard needs workspace.
+# and the fiber length above which Condat's worst-case guard may defer a fiber to the fallback.
 BLOCK = 128
 STAGE_MAX_BYTES = 48 * 1024
 GUARD_MIN_N = 64
+#: The fallback pass (tv1d_fallback) holds workspace for as many fibers at once as the larger of
+#: this and WORKSPACE_FRACTION of the input takes (32 bytes per sample each), and no more: every
+#: fiber gets a slot while that fits (up to ~1000 fibers of 1024 samples), and a large input's
+#: deferred fibers share slots in turn. Deferred fibers are rare (adversarial ramps and walks
+#: with a large lam), so this workspace is the bound of a worst case, not a cost of every call.
+FALLBACK_MIN_BYTES = 32 * 2**20
 # The VJP stages contiguous fibers up to this length (cuda_src/tv1d.cu TV1D_VJP_STAGE_MAX_N).
 VJP_STAGE_MAX_N = 64
 # tv1d_condat_short's longest fiber (cuda_src/tv1d.cu TV1D_SHORT_MAX_N).
@@ -65,8 +71,9 @@ def prox_tv1d(x, lam, axis: int = -1, *, method: str = "auto", out=None):
     ``"condat"``         Condat's direct algorithm (IEEE SPL 2013): O(1) memory per fiber, about
                          1-2 reads per sample on typical data. Its worst case (e.g. a long ramp
                          with a large ``lam``) is quadratic, so fibers longer than 64 samples that
-                         exceed 4 reads per sample are re-solved by the taut string: linear time
-                         for every input.
+                         exceed 4 reads per sample are re-solved by the taut string in a second
+                         pass (its workspace bounded by ``FALLBACK_MIN_BYTES`` or 1/8 of x, not
+                         by the fibers): linear time for every input.
     ``"taut_string"``    The taut-string algorithm (Davies & Kovac 2001): linear time with no
                          restarts, but keeps two hulls in workspace (32 bytes per sample).
     ``"pn"``             Projected Newton on the dual (Barbero & Sra 2011), the whole solve in
@@ -413,18 +420,24 @@ def _launch_forward(kernel: str, xc, y, weight: Weight, view, staged: bool) -> N
     ``xc`` and ``y``: C-contiguous, distinct, of the compute dtype; ``weight``: lam for x's fibers
     (:class:`Weight`); ``view``: (outer, n, inner). ``staged`` picks the kernel
     that stages contiguous fibers through shared memory (``<kernel><T>``, for GPUs) over the one
-    that reads them in place (``<kernel><T, false>``, for the host executor). Methods with
-    workspace (32 or 16 bytes per sample: 8 or 4 times a float32 input) run on chunks of whole
-    ``outer`` rows, one workspace reused (cupytv._chunks).
+    that reads them in place (``<kernel><T, false>``, for the host executor). Condat needs no
+    workspace: the fibers its guard defers get it in the fallback pass (:func:`_launch_fallback`).
+    The other methods' workspace (32 or 16 bytes per sample: 8 or 4 times a float32 input) is
+    reused by chunks of whole ``outer`` rows (cupytv._chunks).
     """
     outer, n, inner = view
     xp = np if isinstance(xc, np.ndarray) else _array_module(xc, "x")
     compute = xc.dtype
-    per_fiber = _scratch_per_fiber(kernel, n, compute)
+    condat = kernel == METHODS["condat"]
+    per_fiber = 0 if condat else _scratch_per_fiber(kernel, n, compute)
     row_bytes = per_fiber * inner * compute.itemsize
     # Without workspace, one launch takes every fiber.
     rows = _chunks.chunk_items(outer, row_bytes, xc.nbytes, n * inner, xp) if per_fiber else outer
-    scratch = xp.empty(max(1, rows * inner * per_fiber), dtype=compute)
+    guarded = condat and n > GUARD_MIN_N
+    if condat:  # the fallback list: a count, then up to one entry per fiber
+        work = xp.zeros(1 + outer * inner if guarded else 1, dtype=np.int64)
+    else:
+        work = xp.empty(max(1, rows * inner * per_fiber), dtype=compute)
     ctype = _CTYPES[compute]
     pn = kernel == METHODS["pn"]
     if pn:  # one kernel for both executors, no shared memory
@@ -451,13 +464,43 @@ def _launch_forward(kernel: str, xc, y, weight: Weight, view, staged: bool) -> N
                 np.int64(hi - lo),
                 np.int64(n),
                 np.int64(inner),
-                scratch,
+                work,
                 *extra,
             ),
             shared_mem=shared,
         )
     if pn:
         _resolve_uncertified(uncertified, xc, y, weight, view)
+    if guarded:
+        _launch_fallback(xc, y, weight, view, work)
+
+
+def _launch_fallback(xc, y, weight: Weight, view, fallback) -> None:
+    """Re-solve the fibers tv1d_condat deferred (``fallback``: its list) with tv1d_fallback, the
+    taut string in place, in slots of workspace sized by FALLBACK_MIN_BYTES and the input, not
+    by the fibers. On a GPU the count stays on the device (no synchronisation: the pass is
+    launched every time and returns at once when the list is empty); on the host executor it
+    is read, and nothing is launched for an empty list."""
+    outer, n, inner = view
+    xp = np if isinstance(xc, np.ndarray) else _array_module(xc, "x")
+    compute = xc.dtype
+    per_fiber = _scratch_per_fiber(METHODS["taut_string"], n, compute)
+    budget = max(int(_chunks.WORKSPACE_FRACTION * xc.nbytes), FALLBACK_MIN_BYTES)
+    slots = max(1, min(outer * inner, budget // (per_fiber * compute.itemsize)))
+    if xp is np:
+        count = int(fallback[0])
+        if count == 0:
+            return
+        slots = min(slots, count)
+    scratch = xp.empty(slots * per_fiber, dtype=compute)
+    _loader.launch(
+        STEM,
+        f"tv1d_fallback<{_CTYPES[compute]}>",
+        (_ceil_div(slots, BLOCK),),
+        (BLOCK,),
+        (xc, y, *weight.arguments(compute, xp, y), np.int64(n), np.int64(inner), fallback,
+         np.int64(slots), scratch),
+    )  # fmt: skip
 
 
 def _resolve_uncertified(uncertified, xc, y, weight: Weight, view) -> None:
@@ -527,7 +570,9 @@ def _check_out(out, x, xp) -> None:
 
 
 def _scratch_per_fiber(kernel: str, n: int, compute: np.dtype) -> int:
-    """Workspace elements per fiber, per the launch contract of cuda_src/tv1d.cu."""
+    """Workspace elements per fiber of each method's per-fiber solver (cuda_src/tv1d.cu,
+    tv1d_solvers.cuh): "tv1d_condat" is tv1d_condat_fiber's, which tv2d's kernels call; the 1D
+    kernel tv1d_condat itself takes none (see _launch_forward)."""
     if kernel == METHODS["pn"]:
         return PN_SCRATCH_BYTES_PER_SAMPLE // compute.itemsize * n  # see cuda_src/tv1d_pn.cuh
     hulls = 4 * (n + 1) * (_DOUBLE_BYTES // compute.itemsize)  # the taut string's two hulls

@@ -125,6 +125,14 @@ def wrapper_launches() -> list[Launch]:
                 # staged=True: the GPU's choice (prox_tv1d stages whenever x is not NumPy).
                 tv1d._launch_forward(kernel, x, np.empty_like(x), weight, (shape[0], shape[1], 1),
                                      staged=True)  # fmt: skip
+        if shape[1] > tv1d.GUARD_MIN_N:
+            with _recording(calls, f"1D fallback {label}"), contextlib.suppress(Exception):
+                # What a GPU launches after every guarded Condat launch (the count stays on the
+                # device there; the host skips an empty list, so one deferred fiber stands in).
+                fallback = np.zeros(1 + shape[0], np.int64)
+                fallback[0] = 1
+                tv1d._launch_fallback(x, np.empty_like(x), weight, (shape[0], shape[1], 1),
+                                      fallback)  # fmt: skip
         with _recording(calls, f"1D vjp {label}"), contextlib.suppress(Exception):
             # The staged VJP as a GPU runs it, then the wrapper's other launch (the weight's
             # gradient).

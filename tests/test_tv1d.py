@@ -514,6 +514,96 @@ def test_staged_and_unstaged_kernels_agree_bit_for_bit(rng, kernel, dtype):
             assert_kkt(x, results[0], lam.astype(dtype), tolerance(x, dtype))
 
 
+# ----------------------------------------------------------------------------------------------
+# Condat's fallback pass (tv1d_fallback): guarded fibers that exceed their budget are deferred to
+# a list and re-solved by the taut string in slots of bounded workspace.
+
+
+def _deferring_batch(rng, dtype, n=150, fibers=2 * BLOCK + 11):
+    """Fibers of which every 3rd is a ramp that exceeds Condat's budget at lam = 100 (deferred:
+    below the ~800 from which the whole ramp is one segment), the others noise, walks,
+    constants and a NaN fiber (never deferred)."""
+    x = rng.standard_normal((fibers, n))
+    x[1::5] = np.cumsum(x[1::5], axis=1)
+    x[2::11] = 4.0
+    x[7, n // 2] = np.nan
+    x[::3] = np.linspace(-3.0, 40.0, n)
+    lam = np.where(np.arange(fibers) % 3 == 0, 100.0, rng.uniform(0.05, 2.0, fibers))[:, None]
+    return x.astype(dtype), lam
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_deferred_fibers_are_listed_and_solved_exactly(monkeypatch, rng, dtype):
+    x, lam = _deferring_batch(rng, dtype)
+    fibers = x.shape[0]
+    lists = []
+    real = tv1d._launch_fallback
+    monkeypatch.setattr(tv1d, "_launch_fallback", lambda *a: (lists.append(a[-1].copy()), real(*a)))
+    y = cupytv.prox_tv1d(x, lam)
+    (listed,) = lists
+    count = int(listed[0])
+    assert count == len(range(0, fibers, 3))  # the ramps, and nothing else
+    assert sorted(listed[1 : 1 + count]) == list(range(0, fibers, 3))
+    want = reference.prox_tv1d(x.astype(np.float64), lam)
+    np.testing.assert_allclose(y, want, rtol=0, atol=tolerance(np.nan_to_num(x), dtype))
+    assert np.isnan(y[7]).all()
+    assert not np.isnan(np.delete(y, 7, axis=0)).any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("slots", [1, 5, BLOCK + 3])
+def test_the_fallback_pass_gives_the_same_bits_with_any_number_of_slots(monkeypatch, rng, dtype,
+                                                                         slots):  # fmt: skip
+    # Fewer slots than deferred fibers: each slot solves several in turn (thread t takes entries
+    # t, t + slots, ...). Staged and unstaged, contiguous and strided: the bits of one slot per
+    # fiber, which are the taut string's on the deferred fibers.
+    x, lam = _deferring_batch(rng, dtype)
+    fibers, n = x.shape
+    strided = np.ascontiguousarray(x.reshape(fibers // 3, 3, n).transpose(0, 2, 1))
+    layouts = [(x, (fibers, n, 1), lam), (strided, (fibers // 3, n, 3), lam.reshape(-1, 1, 3))]
+    results = {}
+    for bound in (None, slots):
+        if bound is not None:  # a budget of `bound` fibers' workspace
+            per_fiber = tv1d._scratch_per_fiber("tv1d_taut_string", n, np.dtype(dtype))
+            monkeypatch.setattr(tv1d, "FALLBACK_MIN_BYTES", bound * per_fiber * x.itemsize)
+            monkeypatch.setattr(tv1d._chunks, "WORKSPACE_FRACTION", 0.0)
+        for k, (xs, view, lam_s) in enumerate(layouts):
+            weight = tv1d.Weight.of(lam_s, xs.shape, 1)
+            for staged in (True, False):
+                y = np.full_like(xs, np.nan)
+                tv1d._launch_forward("tv1d_condat", xs, y, weight, view, staged)
+                results.setdefault((k, staged), []).append(y)
+    for key, (unbounded, bounded) in results.items():
+        np.testing.assert_array_equal(bounded, unbounded, err_msg=str(key))
+    taut = np.empty_like(x)
+    tv1d._launch_forward("tv1d_taut_string", x, taut, tv1d.Weight.of(lam, x.shape, 1),
+                         (fibers, n, 1), False)  # fmt: skip
+    np.testing.assert_array_equal(results[(0, False)][1][::3], taut[::3])
+
+
+def test_the_fallback_workspace_is_bounded_by_the_budget_not_the_fibers(monkeypatch, rng):
+    # (4096, 1024) float32 reserved 32 bytes per sample for every fiber before issue 18 (8x the
+    # input); the fallback pass holds at most max(FALLBACK_MIN_BYTES, 1/8 of the input).
+    launches = []
+    monkeypatch.setattr(tv1d._loader, "launch", lambda *a, **k: launches.append(a))
+    x = np.zeros((4096, 1024), np.float32)
+    fallback = np.zeros(1 + 4096, np.int64)
+    fallback[0] = 4096  # as if every fiber were deferred
+    tv1d._launch_fallback(x, np.empty_like(x), tv1d.Weight.of(0.5, x.shape, 1), (4096, 1024, 1),
+                          fallback)  # fmt: skip
+    ((_, name, _, _, args),) = launches
+    scratch = args[-1]
+    assert name == "tv1d_fallback<float>"
+    assert scratch.nbytes <= max(tv1d.FALLBACK_MIN_BYTES, x.nbytes / 8) <= 2 * x.nbytes
+    assert int(args[-2]) == scratch.size // tv1d._scratch_per_fiber("tv1d_taut_string", 1024,
+                                                                     x.dtype)  # fmt: skip
+    launches.clear()
+    fallback[0] = 0  # nothing deferred: no launch on the host
+    tv1d._launch_fallback(x, np.empty_like(x), tv1d.Weight.of(0.5, x.shape, 1), (4096, 1024, 1),
+                          fallback)  # fmt: skip
+    assert launches == []
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_staged_and_unstaged_vjp_agree_bit_for_bit(rng, dtype):
     # prox_tv1d_vjp runs tv1d_vjp<T, false> (in place) on NumPy arrays and tv1d_vjp<T> (y reduced
