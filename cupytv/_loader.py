@@ -192,9 +192,27 @@ def launch(stem, name_expression, grid, block, args, shared_mem: int = 0) -> Non
             "all must be on one device"
         )
     with device:
-        if shared_mem > DEFAULT_DYNAMIC_SHARED_BYTES and (
-            kernel.max_dynamic_shared_size_bytes < shared_mem
-        ):
-            # Opt in per kernel and device (CuPy caches RawKernel objects, so once each).
-            kernel.max_dynamic_shared_size_bytes = shared_mem
+        if shared_mem:
+            grant_dynamic_shared(kernel, shared_mem)
         kernel(grid, block, args, shared_mem=shared_mem)
+
+
+def grant_dynamic_shared(kernel, shared_mem: int) -> None:
+    """Let ``kernel`` launch with ``shared_mem`` bytes of dynamic shared memory.
+
+    A kernel may take DEFAULT_DYNAMIC_SHARED_BYTES less its *static* shared memory by default
+    (CUDA's ``cudaFuncAttributeMaxDynamicSharedMemorySize``): a 48 KB tile beside a 1 KB static
+    table failed to launch. So the kernel's own limit is read (once per kernel: CuPy caches the
+    kernel objects per device, and reading it is a driver call) and raised when the launch needs
+    more (an opt-in, up to the device's per-block maximum).
+    """
+    granted = _GRANTED.get(kernel)
+    if granted is None:
+        granted = _GRANTED[kernel] = kernel.max_dynamic_shared_size_bytes
+    if granted < shared_mem:
+        kernel.max_dynamic_shared_size_bytes = shared_mem
+        _GRANTED[kernel] = shared_mem
+
+
+#: Each GPU kernel's dynamic shared memory limit as last read or set (grant_dynamic_shared).
+_GRANTED: dict[object, int] = {}

@@ -163,3 +163,30 @@ def test_wheel_ships_kernels_and_host_runtime(tmp_path):
         assert f"cupytv/cuda_src/{path.name}" in names
     for name in ("cuda_host.h", "build.py", "launch.py", "__init__.py"):
         assert f"cupytv/_host/{name}" in names
+
+
+def test_dynamic_shared_memory_is_granted_beyond_the_default_less_static():
+    # CUDA lets a kernel take 48 KB less its static shared memory by default: tv1d_vjp<double>
+    # (a 1 KB static table of reciprocals) with a 47-sample tile (48128 bytes) needs an opt-in.
+    class Kernel:
+        def __init__(self, static):
+            self.limit, self.reads, self.writes = _loader.DEFAULT_DYNAMIC_SHARED_BYTES - static, 0, 0
+
+        @property
+        def max_dynamic_shared_size_bytes(self):
+            self.reads += 1
+            return self.limit
+
+        @max_dynamic_shared_size_bytes.setter
+        def max_dynamic_shared_size_bytes(self, value):
+            self.writes += 1
+            self.limit = value
+
+    kernel = Kernel(static=1024 + 8)
+    for _ in range(3):
+        _loader.grant_dynamic_shared(kernel, 128 * 47 * 8)
+    assert kernel.limit == 128 * 47 * 8
+    assert (kernel.reads, kernel.writes) == (1, 1)  # read once, raised once
+    small = Kernel(static=0)
+    _loader.grant_dynamic_shared(small, 1024)
+    assert small.writes == 0
