@@ -378,6 +378,32 @@ def test_weight_arguments_are_the_callers_values_not_one_per_fiber():
     np.testing.assert_array_equal(gapped.per_fiber(fibers), 1.0)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_vjp_tile_boundary_sweep(xp, rng, dtype):
+    # Every length the staged VJP takes (up to 64, the tile within 48 KB: float64 stops at 47,
+    # whose 48128-byte tile beside the kernel's static table needs the loader's shared memory
+    # opt-in on a GPU) and just past it, for a block and one more fiber; every 16th fiber
+    # against the reference.
+    fibers = BLOCK + 1
+    for n in range(1, 70):
+        x = rng.standard_normal((fibers, n))
+        lam = rng.uniform(0.05, 1.5, (fibers, 1))
+        g = rng.standard_normal((fibers, n))
+        y = cupytv.prox_tv1d(xp.asarray(x.astype(dtype)), xp.asarray(lam))
+        gx, gl = cupytv.prox_tv1d_vjp(None, xp.asarray(lam), xp.asarray(g.astype(dtype)), y=y)
+        pick = slice(None, None, 16)
+        x_in = x[pick].astype(dtype).astype(np.float64)
+        rgx, rgl = reference.prox_tv1d_vjp(
+            x_in,
+            lam[pick].astype(dtype).astype(np.float64),
+            g[pick].astype(dtype).astype(np.float64),
+        )
+        tol = 4 * np.finfo(dtype).eps * float(np.abs(g).max()) * (n if dtype == np.float64 else 1)
+        np.testing.assert_allclose(host_array(gx)[pick], rgx, rtol=0, atol=tol, err_msg=f"{n=}")
+        np.testing.assert_allclose(host_array(gl)[pick], rgl, rtol=0, atol=4 * n * tol,
+                                   err_msg=f"{n=}")  # fmt: skip
+
+
 def test_vjp_matches_central_differences(xp, rng):
     # The prox is piecewise affine in (x, lam): a central difference with a step far below the
     # distance to the next kink is exact up to rounding (eps * |f| / h ~ 1e-10 here).
