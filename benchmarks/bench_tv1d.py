@@ -23,6 +23,11 @@ Rows:
   proxTV         prox_tv.tvgen (batched in C, OpenMP) and prox_tv.tv1_1d per fiber (Python loop),
                  computed in float64 whatever the input dtype.
   TVDCondat2013  Condat's own C code (tvd_2013, tvd_2017, tvd_tautstring), per fiber.
+  Condat C       Condat's published C code for his 2013 algorithm (TV1D_denoise in
+                 condat_fast_tv.cpp, as proxTV's source distribution ships it; fetched with pip
+                 at run time, or --condat-c PATH), compiled with -O3 -march=native and called
+                 from an OpenMP loop over fibers (float64 only: the code is double). The issue's
+                 CPU anchor: the host executor's forward against it, side by side.
 Peers are optional: a missing one is skipped with a note. Each row's output (of its warm-up
 call) is checked against the exact reference (cupytv.reference) on its first CHECK_FIBERS
 fibers: column max|d|. GB/s = the bytes-moved floor / median: forward reads x and writes y,
@@ -82,6 +87,10 @@ CONDAT_FUNCTIONS = ("tvd_2013", "tvd_2017", "tvd_tautstring")
 # The issue's targets (benchmarks, not tests).
 TARGET_CASE = ((262144, 32), "float64")
 TARGET_RATIO = 1.3
+TARGET_CONDAT_RATIO = 1.0  # issue 18: the host executor against Condat's own C code
+# Where Condat's C code comes from: proxTV's source distribution (src/condat_fast_tv.cpp, .h).
+CONDAT_C_SDIST = "prox-tv==3.1.0"
+CONDAT_C_FILES = ("condat_fast_tv.cpp", "condat_fast_tv.h")
 TARGET_RAMP_S = 20e-3
 TARGET_GPU_CASE = ((262144, 32), "float32")
 TARGET_GPU_FORWARD_S = 60e-6
@@ -141,6 +150,21 @@ EXPORT void forward_{algo}_float(const float* x, float* y, long long f, long lon
                                  long long s) {{ forward_{algo}(x, y, f, n, lam, s); }}
 EXPORT void forward_{algo}_double(const double* x, double* y, long long f, long long n,
                                   double lam, long long s) {{ forward_{algo}(x, y, f, n, lam, s); }}
+"""
+
+# The loop around Condat's TV1D_denoise (ours: his file is compiled as he published it).
+CONDAT_C_DRIVER = r"""
+#include <omp.h>
+extern "C" void TV1D_denoise(double* input, double* output, const int width, const double lambda);
+#define EXPORT extern "C" __attribute__((visibility("default")))
+EXPORT void condat_set_threads(int n) { omp_set_num_threads(n); }
+EXPORT void condat_forward(const double* x, double* y, long long fibers, long long n,
+                           double lam) {
+  const long long c = fibers / (8LL * omp_get_max_threads());  // as PLAIN_C's chunk()
+#pragma omp parallel for schedule(dynamic, c > 0 ? c : 1) if (fibers > 1)
+  for (long long f = 0; f < fibers; ++f)
+    TV1D_denoise(const_cast<double*>(x + f * n), y + f * n, static_cast<int>(n), lam);
+}
 """
 
 C_TYPES = {np.float32: ("float", ctypes.c_float), np.float64: ("double", ctypes.c_double)}
@@ -248,6 +272,68 @@ def load_plain_c(process, out: Path, algorithms: tuple[str, ...], vjp: bool) -> 
     return lib
 
 
+def condat_c_source(where: str, workdir: Path) -> Path | None:
+    """condat_fast_tv.cpp (with its header beside it) in workdir: copied from ``where`` (the
+    .cpp, or a directory holding both), or fetched from proxTV's source distribution with pip
+    (``where`` == "fetch"); None, with a note, when neither works ("none": not wanted)."""
+    import shutil
+    import tarfile
+
+    if where == "none":
+        return None
+    if where != "fetch":
+        src = Path(where)
+        folder = src if src.is_dir() else src.parent
+        try:
+            for name in CONDAT_C_FILES:
+                shutil.copy(folder / name, workdir / name)
+        except OSError as exc:
+            print(f"note: --condat-c {where}: {exc}; Condat C rows skipped")
+            return None
+        return workdir / CONDAT_C_FILES[0]
+    sdist = workdir / "sdist"
+    command = [sys.executable, "-m", "pip", "download", CONDAT_C_SDIST, "--no-binary", "prox-tv",
+               "--no-deps", "--no-build-isolation", "-q", "-d", str(sdist)]  # fmt: skip
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+        (archive,) = sdist.glob("*.tar.gz")
+        with tarfile.open(archive) as tar:
+            for member in tar.getmembers():
+                name = Path(member.name).name
+                if name in CONDAT_C_FILES and Path(member.name).parent.name == "src":
+                    (workdir / name).write_bytes(tar.extractfile(member).read())
+    except (subprocess.SubprocessError, OSError, ValueError, tarfile.TarError) as exc:
+        detail = getattr(exc, "stderr", "") or exc
+        print(f"note: fetching {CONDAT_C_SDIST}'s source failed ({detail}); Condat C rows "
+              "skipped (--condat-c PATH to use a local copy)")  # fmt: skip
+        return None
+    if not all((workdir / name).is_file() for name in CONDAT_C_FILES):
+        print(f"note: {CONDAT_C_SDIST}'s source has no src/{CONDAT_C_FILES[0]}; Condat C skipped")
+        return None
+    return workdir / CONDAT_C_FILES[0]
+
+
+def build_condat_c(workdir: Path, cpp: Path | None) -> ctypes.CDLL | None:
+    """Condat's file and our loop, -O3 -march=native -fopenmp, as a shared library."""
+    if cpp is None:
+        return None
+    driver, out = workdir / "condat_driver.cpp", workdir / "condat_c.so"
+    driver.write_text(CONDAT_C_DRIVER)
+    compiler = host_build.find_compiler()
+    command = [*compiler, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(cpp),
+               str(driver), "-o", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"note: Condat C build failed:\n{done.stderr[-2000:]}\nCondat C rows skipped")
+        return None
+    lib = ctypes.CDLL(str(out))
+    ptr = np.ctypeslib.ndpointer(np.float64, flags="C_CONTIGUOUS")
+    lib.condat_forward.argtypes = (ptr, ptr, ctypes.c_longlong, ctypes.c_longlong,
+                                   ctypes.c_double)  # fmt: skip
+    lib.condat_set_threads.argtypes = (ctypes.c_int,)
+    return lib
+
+
 # ---------------------------------------------------------------------------------------------
 # Timing
 
@@ -298,8 +384,9 @@ class Entry(NamedTuple):
 class Bench:
     """Times every implementation of a case side by side and collects the rows."""
 
-    def __init__(self, args, api, lib, gpu, peers):
+    def __init__(self, args, api, lib, gpu, peers, condat=None):
         self.args, self.api, self.lib, self.gpu, self.peers = args, api, lib, gpu, peers
+        self.condat = condat  # Condat's C code (build_condat_c), or None
         self.reps = QUICK_REPS if args.quick else REPS
         self.rows: list[dict] = []
 
@@ -309,6 +396,8 @@ class Bench:
         cupytv.set_num_threads(threads)
         if self.lib is not None:
             self.lib.set_threads(threads)
+        if self.condat is not None:
+            self.condat.condat_set_threads(threads)
 
     def measure(self, entries: list[Entry]) -> None:
         """Warm every entry up (and check its output), then time them in interleaved rounds.
@@ -363,6 +452,16 @@ class Bench:
 
         return run
 
+    def condat_forward(self, x, lam):
+        """Condat's TV1D_denoise over the fibers (rows) of x, in an OpenMP loop."""
+        y = np.empty_like(x)
+
+        def run():
+            self.condat.condat_forward(x, y, x.shape[0], x.shape[1], lam)
+            return y
+
+        return run
+
     def api_forward(self, x, lam, method):
         """cupytv.prox_tv1d into its own preallocated output (NumPy or CuPy, like x)."""
         y = x.copy()
@@ -388,6 +487,10 @@ class Bench:
                 entry("plain C", a, threads, self.plain_forward(a, x, lam))
                 for a in self.args.plain_algorithms
             ]
+            if self.condat is not None and x.dtype == np.float64:
+                entries.append(
+                    entry("Condat C", "TV1D_denoise", threads, self.condat_forward(x, lam))
+                )
             entries += [
                 entry(impl, method, t, lambda fn=fn: fn(x))
                 for impl, method, t, fn in self.peer_calls(x.dtype.type, threads, lam)
@@ -523,12 +626,20 @@ def targets(rows, ramp_case, threads) -> list[dict]:
     gpu_case = "{}x{} {}".format(*TARGET_GPU_CASE[0], TARGET_GPU_CASE[1])
     fwd, bwd = best(gpu_case, "forward", "cupytv gpu"), best(gpu_case, "backward", "cupytv gpu")
     host, plain = best(cpu_case, "forward", "cupytv host"), best(cpu_case, "forward", "plain C")
+    condat = best(cpu_case, "forward", "Condat C")
     return [
         goal(
             f"host executor / plain C, forward {cpu_case}, {threads} threads (fastest of each)",
             None if host is None or plain is None else host / plain,
             "x",
             TARGET_RATIO,
+        ),
+        goal(
+            f"host executor / Condat's C (-O3 -march=native, OpenMP), forward {cpu_case}, "
+            f"{threads} threads (issue 18)",
+            None if host is None or condat is None else host / condat,
+            "x",
+            TARGET_CONDAT_RATIO,
         ),
         goal(
             f"{ramp_case}, lam={RAMP_LAM:g}, one core, host executor (fastest method)",
@@ -554,6 +665,12 @@ def parse_args():
     )
     parser.add_argument(
         "--methods", help="comma-separated cupytv methods (default: all the API offers)"
+    )
+    parser.add_argument(
+        "--condat-c",
+        default="fetch",
+        help="Condat's condat_fast_tv.cpp (or its directory) for the Condat C rows; 'fetch' "
+        f"(default) downloads {CONDAT_C_SDIST}'s source with pip, 'none' skips them",
     )
     parser.add_argument(
         "--threads",
@@ -600,7 +717,8 @@ def main() -> None:
         except RuntimeError as exc:
             print(f"note: {exc}\nplain C rows skipped")
             lib, args.plain_algorithms = None, ()
-        bench = Bench(args, api, lib, gpu, peers)
+        condat = build_condat_c(Path(tmp), condat_c_source(args.condat_c, Path(tmp)))
+        bench = Bench(args, api, lib, gpu, peers, condat)
         for shape in QUICK_SHAPES if args.quick else SHAPES:
             for dtype in DTYPES:
                 case = f"{shape[0]}x{shape[1]} {np.dtype(dtype).name}"

@@ -50,6 +50,7 @@ def rows_1d() -> list[tuple[str, ...]]:
         ("cupytv host", "taut_string"): "cupytv `taut_string`",
         ("cupytv host", "pn"): "cupytv `pn`",
         ("plain C", "condat"): "same Condat loop as plain C + OpenMP",
+        ("Condat C", "TV1D_denoise"): "Condat's own C code, -O3 -march=native + OpenMP (peer)",
         ("proxTV", "tvgen"): "proxTV `tvgen` (peer)",
         ("cupytv host", "vjp"): "cupytv `prox_tv1d_vjp`",
     }
