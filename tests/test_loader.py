@@ -170,7 +170,11 @@ def test_dynamic_shared_memory_is_granted_beyond_the_default_less_static():
     # (a 1 KB static table of reciprocals) with a 47-sample tile (48128 bytes) needs an opt-in.
     class Kernel:
         def __init__(self, static):
-            self.limit, self.reads, self.writes = _loader.DEFAULT_DYNAMIC_SHARED_BYTES - static, 0, 0
+            self.limit, self.reads, self.writes = (
+                _loader.DEFAULT_DYNAMIC_SHARED_BYTES - static,
+                0,
+                0,
+            )
 
         @property
         def max_dynamic_shared_size_bytes(self):
