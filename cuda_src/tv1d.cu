@@ -193,11 +193,10 @@ __device__ __forceinline__ bool tile_fits(index_t n, index_t inner) {
 template <typename T>
 __device__ bool condat_guarded(const T* x, index_t sx, T* y, index_t sy, index_t n, T lam) {
   TV_PROBE(condat_guarded);
-  if (trivial_fiber(x, sx, y, sy, n, lam)) return true;
   const bool guarded = n > TV1D_GUARD_MIN_N;
   // Unguarded fibers get a budget their worst case cannot reach (see tv1d_condat_fiber).
   const index_t budget = guarded ? TV1D_CONDAT_WORK_PER_SAMPLE * n : n * n + 2 * n;
-  return condat_scan(x, sx, y, sy, n, lam, budget) || !guarded;
+  return condat_checked(x, sx, y, sy, n, lam, budget) || !guarded;
 }
 
 // Append fiber f to the fallback list: fallback[0] counts, fallback[1 + k] are the fibers (in
@@ -417,9 +416,12 @@ __device__ __forceinline__ void forward(const T* __restrict__ x, T* __restrict__
   if (kMethod == kCondat) {
     // A literal stride for contiguous fibers lets the compiler drop the index multiplications
     // from the scan (the host executor's main case; the strided call keeps the general form).
+    // The GPU variant keeps one general copy: nvcc merged the two copies into one anyway, under
+    // the contiguous call's debug locations, which the proxy's cost table then priced as one
+    // copy of twice the size.
     TV_PROBE(unstaged_condat);
     bool solved;
-    if (inner == 1) {
+    if (!kStage && inner == 1) {
       TV_PROBE(unstaged_contiguous);
       solved = condat_guarded(x + base, 1, y + base, 1, n, lam_f);
     } else {
@@ -473,14 +475,16 @@ __global__ void __launch_bounds__(TV1D_BLOCK)
   if (t >= slots) return;
   const cupytv::FiberWeight<T> weight{lam, lam_value, lam_first, lam_div, lam_mod};
   const index_t count = fallback[0];
-  double* const ws = reinterpret_cast<double*>(scratch + t * tv1d::taut_string_scratch<T>(n));
+  T* const ws = scratch + t * tv1d::taut_string_scratch<T>(n);
   TV_PROBE_LOOP(fallback);
   for (index_t k = t; k < count; k += slots) {
     TV_PROBE_TRIP(fallback);
     const index_t f = fallback[1 + k];
     const index_t o = f / inner;
     const index_t base = o * n * inner + (f - o * inner);
-    tv1d::taut_string_solve(x + base, inner, y + base, inner, n, weight(f), ws);
+    // The fiber's x is pristine; a non-finite fiber (deferred before its scan reached the
+    // sample that is not finite) gets its NaNs from tv1d_taut_string_fiber's trivial_fiber.
+    tv1d_taut_string_fiber(x + base, inner, y + base, inner, n, weight(f), ws);
   }
 }
 

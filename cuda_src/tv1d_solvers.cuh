@@ -125,9 +125,14 @@ struct Settle {
   }
 };
 
-// Condat's direct algorithm on a finite fiber with lam > 0, n >= 2. x and y may alias (it writes
-// only samples before the ones it still reads). Returns false, with y partly written, when the
-// scan would exceed `budget` steps.
+// Condat's direct algorithm on a fiber with lam > 0, n >= 2. x and y may alias (it writes only
+// samples before the ones it still reads). Returns false, with y partly written, when the scan
+// would exceed `budget` steps. `finite` is false when a sample it read is NaN or +-Inf: the
+// finite check rides along the scan (every sample is read before the scan can finish) instead of
+// a pass of its own over the fiber, as a sum of sample * 0 (0 while every sample is finite, NaN
+// after a NaN or an infinity: two instructions a step, off the scan's dependency chain). Non-finite samples leave every loop bounded (the budget; the
+// steps between two restarts and the restarts are at most n each whatever the values), and the
+// caller then discards what was written (condat_checked).
 //
 // The dual variable u_k = sum_{j<=k} (x_j - y_j) must stay in [-lam, lam], equal +lam where y
 // jumps down after k, -lam where it jumps up, and u_{-1} = u_{n-1} = 0. For the open segment
@@ -153,13 +158,14 @@ struct Settle {
 // run of equal values, within rounding of the merged segment's closed form. Checked per segment,
 // with no per-sample work and nothing rewritten (deferring each segment's write cost ~10%).
 template <typename T>
-__device__ bool condat_scan(const T* x, index_t sx, T* y, index_t sy, index_t n, T lam_t,
-                            index_t budget) {
+__device__ __forceinline__ bool condat_scan(const T* x, index_t sx, T* y, index_t sy, index_t n, T lam_t,
+                            index_t budget, bool& finite) {
   TV_PROBE(scan_setup);
   const double lam = lam_t;
   index_t k0 = 0, k = 0, kmin = 0, kmax = 0;
   double ub = 0.0;  // u_{k0-1}: 0 at the fiber start, +lam after a jump down, -lam after one up
   double sum = static_cast<double>(x[0]);  // x[k0] + ... + x[k]
+  double zero = sum * 0.0;                 // see `finite` above
   double smin = sum, smax = sum;           // the sums up to kmin, up to kmax
   double vmin = sum - lam, vmax = sum + lam;
   double umin = lam, umax = -lam;
@@ -174,7 +180,10 @@ __device__ bool condat_scan(const T* x, index_t sx, T* y, index_t sy, index_t n,
                                     static_cast<double>(last - k0 + 1));                    \
     fill(y, sy, k0, last + 1, static_cast<T>(value));                                       \
     /* Unreachable (a bound is tightened only before the fiber's end), kept as a guard. */  \
-    if (last + 1 >= n) return true;                                                         \
+    if (last + 1 >= n) {                                                                    \
+      finite = zero == 0.0;                                                                 \
+      return true;                                                                          \
+    }                                                                                       \
     k0 = k = kmin = kmax = last + 1;                                                        \
     ub = (down) ? lam : -lam;                                                               \
     TV_PROBE_ACCESS(scan_restart, &x[k0 * sx]);                                             \
@@ -200,12 +209,14 @@ __device__ bool condat_scan(const T* x, index_t sx, T* y, index_t sy, index_t n,
         TV_PROBE(scan_last);
         const double value = settle(k0, n, sum, (sum + ub) / static_cast<double>(n - k0));
         fill(y, sy, k0, n, static_cast<T>(value));
+        finite = zero == 0.0;
         return true;
       }
       continue;
     }
     TV_PROBE_ACCESS(scan_next, &x[(k + 1) * sx]);
     const double next = static_cast<double>(x[(k + 1) * sx]);
+    zero += next * 0.0;
     const double umin_next = umin + next - vmin;
     const double umax_next = umax + next - vmax;
     if (umin_next < -lam) {
@@ -238,7 +249,31 @@ __device__ bool condat_scan(const T* x, index_t sx, T* y, index_t sy, index_t n,
     }
   }
 #undef TV1D_JUMP
+  finite = zero == 0.0;
   return false;
+}
+
+// Condat's scan with the cases of trivial_fiber, in one pass over the fiber where trivial_fiber
+// and the scan made two: lam == 0 or n <= 1 go through trivial_fiber; otherwise the scan checks
+// the samples as it reads them, and a non-finite fiber it completes comes out all NaN. Returns
+// false only when the scan ran past `budget`, y partly written; the caller re-solves the fiber
+// from the pristine x with tv1d_taut_string_fiber, whose trivial_fiber gives a non-finite fiber
+// its NaNs there. The same outputs as trivial_fiber followed by condat_scan, bit for bit.
+template <typename T>
+__device__ __forceinline__ bool condat_checked(const T* x, index_t sx, T* y, index_t sy,
+                                               index_t n, T lam, index_t budget) {
+  TV_PROBE(condat_checked);
+  if (!(lam > T(0)) || n <= 1) {
+    TV_PROBE(checked_trivial);
+    return trivial_fiber(x, sx, y, sy, n, lam);
+  }
+  bool finite;
+  const bool done = condat_scan(x, sx, y, sy, n, lam, budget, finite);
+  if (done && !finite) {
+    TV_PROBE(checked_nonfinite);
+    fill(y, sy, 0, n, static_cast<T>(quiet_nan()));
+  }
+  return done;
 }
 
 // The taut string on a finite fiber with lam > 0, n >= 2; x and y may alias (samples are written
@@ -367,22 +402,6 @@ __device__ void taut_string_solve(const T* x, index_t sx, T* y, index_t sy, inde
 
 }  // namespace tv1d
 
-
-// Condat's guarded direct algorithm on one fiber; x and y must not overlap.
-template <typename T>
-__device__ void tv1d_condat_fiber(const T* x, cupytv::index_t stride_x, T* y,
-                                  cupytv::index_t stride_y, cupytv::index_t n, T lam, T* scratch) {
-  TV_PROBE(condat_fiber);
-  if (tv1d::trivial_fiber(x, stride_x, y, stride_y, n, lam)) return;
-  const bool guarded = n > TV1D_GUARD_MIN_N;
-  // Unguarded fibers get a budget their worst case cannot reach (each restart finalises at least
-  // one sample after at most n steps), so the loop is bounded and never falls back.
-  const cupytv::index_t budget = guarded ? TV1D_CONDAT_WORK_PER_SAMPLE * n : n * n + 2 * n;
-  if (!tv1d::condat_scan(x, stride_x, y, stride_y, n, lam, budget) && guarded) {
-    tv1d::taut_string_solve(x, stride_x, y, stride_y, n, lam, reinterpret_cast<double*>(scratch));
-  }
-}
-
 // The taut string on one fiber; x and y may be the same array.
 template <typename T>
 __device__ void tv1d_taut_string_fiber(const T* x, cupytv::index_t stride_x, T* y,
@@ -391,3 +410,18 @@ __device__ void tv1d_taut_string_fiber(const T* x, cupytv::index_t stride_x, T* 
   if (tv1d::trivial_fiber(x, stride_x, y, stride_y, n, lam)) return;
   tv1d::taut_string_solve(x, stride_x, y, stride_y, n, lam, reinterpret_cast<double*>(scratch));
 }
+
+// Condat's guarded direct algorithm on one fiber; x and y must not overlap.
+template <typename T>
+__device__ void tv1d_condat_fiber(const T* x, cupytv::index_t stride_x, T* y,
+                                  cupytv::index_t stride_y, cupytv::index_t n, T lam, T* scratch) {
+  TV_PROBE(condat_fiber);
+  const bool guarded = n > TV1D_GUARD_MIN_N;
+  // Unguarded fibers get a budget their worst case cannot reach (each restart finalises at least
+  // one sample after at most n steps), so the loop is bounded and never falls back.
+  const cupytv::index_t budget = guarded ? TV1D_CONDAT_WORK_PER_SAMPLE * n : n * n + 2 * n;
+  if (!tv1d::condat_checked(x, stride_x, y, stride_y, n, lam, budget)) {
+    tv1d_taut_string_fiber(x, stride_x, y, stride_y, n, lam, scratch);  // x is pristine here
+  }
+}
+
