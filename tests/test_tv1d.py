@@ -607,6 +607,37 @@ def test_the_fallback_pass_gives_the_same_bits_with_any_number_of_slots(monkeypa
     np.testing.assert_array_equal(results[(0, False)][1][::3], taut[::3])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_sample_anywhere_gives_an_all_nan_fiber_on_every_path(rng, dtype, bad):
+    # The scan checks samples as it reads them (condat_checked): a fiber it completes, one it
+    # defers to the fallback pass (ramps with lam 100) and a short one must all come out NaN,
+    # wherever the sample is, staged or not, contiguous or strided; the others match the
+    # reference.
+    for n in (5, 40, 150):
+        x, lam = _deferring_batch(rng, dtype, n=n)
+        fibers = x.shape[0]
+        hit = {0: 0, 3: n // 2, 6: n - 1, 1: 1, 4: n - 2, 9: n // 3}  # fiber -> sample
+        for f, k in hit.items():
+            x[f, k] = bad
+        x[7] = rng.standard_normal(n)  # the batch's own NaN fiber is not this test's
+        want = reference.prox_tv1d(np.where(np.isfinite(x), x, 0.0).astype(np.float64), lam)
+        strided = np.ascontiguousarray(x.reshape(fibers // 3, 3, n).transpose(0, 2, 1))
+        layouts = [(x, (fibers, n, 1), lam), (strided, (fibers // 3, n, 3), lam.reshape(-1, 1, 3))]
+        for staged in (True, False):
+            for xs, view, lam_s in layouts:
+                y = np.empty_like(xs)
+                tv1d._launch_forward("tv1d_condat", xs, y, tv1d.Weight.of(lam_s, xs.shape, 1),
+                                     view, staged)  # fmt: skip
+                if xs is strided:
+                    y = y.transpose(0, 2, 1).reshape(fibers, n)
+                bad_rows = sorted(hit)
+                assert np.isnan(y[bad_rows]).all(), f"{n=} {staged=} {view=}"
+                good = np.setdiff1d(np.arange(fibers), bad_rows)
+                atol = tolerance(want, dtype)
+                np.testing.assert_allclose(y[good], want[good], rtol=0, atol=atol, err_msg=f"{n=}")
+
+
 def test_the_fallback_workspace_is_bounded_by_the_budget_not_the_fibers(monkeypatch, rng):
     # (4096, 1024) float32 reserved 32 bytes per sample for every fiber before issue 18 (8x the
     # input); the fallback pass holds at most max(FALLBACK_MIN_BYTES, 1/8 of the input).
