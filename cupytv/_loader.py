@@ -206,13 +206,15 @@ def grant_dynamic_shared(kernel, shared_mem: int) -> None:
     kernel objects per device, and reading it is a driver call) and raised when the launch needs
     more (an opt-in, up to the device's per-block maximum).
     """
-    granted = _GRANTED.get(kernel)
-    if granted is None:
-        granted = _GRANTED[kernel] = kernel.max_dynamic_shared_size_bytes
-    if granted < shared_mem:
+    entry = _GRANTED.get(id(kernel))
+    if entry is None or entry[0] is not kernel:
+        entry = _GRANTED[id(kernel)] = (kernel, kernel.max_dynamic_shared_size_bytes)
+    if entry[1] < shared_mem:
         kernel.max_dynamic_shared_size_bytes = shared_mem
-        _GRANTED[kernel] = shared_mem
+        _GRANTED[id(kernel)] = (kernel, shared_mem)
 
 
-#: Each GPU kernel's dynamic shared memory limit as last read or set (grant_dynamic_shared).
-_GRANTED: dict[object, int] = {}
+#: Each GPU kernel's dynamic shared memory limit as last read or set (grant_dynamic_shared), by
+#: id: the entry holds the kernel too, so an id is never reused while it is here (and the kernel
+#: objects need not be hashable).
+_GRANTED: dict[int, tuple[object, int]] = {}
