@@ -187,6 +187,45 @@ __device__ __forceinline__ bool tile_fits(index_t n, index_t inner) {
              TV1D_STAGE_MAX_BYTES;
 }
 
+// A block's staged tile in dynamic shared memory: its `count` contiguous fibers (from fiber
+// `first` on), fiber t's sample k at t * row + k. load and store move the block's count * len
+// consecutive global values, each thread taking every blockDim.x-th one (coalesced), so every
+// thread of the block must call them; the caller places the barriers.
+template <typename T>
+struct StagedTile {
+  T* tile;
+  unsigned int len, row, count, total;
+  __device__ __forceinline__ StagedTile(unsigned char* raw, index_t n, index_t fibers,
+                                        index_t first)
+      : tile(reinterpret_cast<T*>(raw)),
+        len(static_cast<unsigned int>(n)),
+        row(static_cast<unsigned int>(staged_row(n))),
+        count(fibers - first < blockDim.x ? static_cast<unsigned int>(fibers - first)
+                                          : blockDim.x),
+        total(count * len) {}
+  __device__ __forceinline__ T* fiber(unsigned int t) const { return tile + t * row; }
+  __device__ __forceinline__ void load(const T* src) const {
+    TV_PROBE_LOOP(stage_in);
+    TileWalk at(threadIdx.x, len, row);
+    for (unsigned int e = threadIdx.x; e < total; e += blockDim.x, at.advance()) {
+      TV_PROBE_TRIP(stage_in);
+      TV_PROBE_ACCESS(stage_in_global, &src[e]);
+      TV_PROBE_ACCESS(stage_in_shared, &tile[at.at()]);
+      tile[at.at()] = src[e];
+    }
+  }
+  __device__ __forceinline__ void store(T* dst) const {
+    TV_PROBE_LOOP(stage_out);
+    TileWalk at(threadIdx.x, len, row);
+    for (unsigned int e = threadIdx.x; e < total; e += blockDim.x, at.advance()) {
+      TV_PROBE_TRIP(stage_out);
+      TV_PROBE_ACCESS(stage_out_shared, &tile[at.at()]);
+      TV_PROBE_ACCESS(stage_out_global, &dst[e]);
+      dst[e] = tile[at.at()];
+    }
+  }
+};
+
 // Condat's scan on one fiber (x and y may be the same, e.g. a staged tile row), guarded for
 // n > TV1D_GUARD_MIN_N: false when the scan ran past its budget, leaving y partly written, for
 // the caller to hand the fiber to the fallback pass (defer_fiber, tv1d_fallback).
@@ -363,30 +402,13 @@ __device__ __forceinline__ void forward(const T* __restrict__ x, T* __restrict__
     // Coalesced load of the block's fibers, solve in the tile, coalesced store. Every thread
     // reaches both barriers; threads past the last fiber only help move data.
     extern __shared__ __align__(16) unsigned char tv1d_shared_raw[];
-    T* tile = reinterpret_cast<T*>(tv1d_shared_raw);
-    const unsigned int len = static_cast<unsigned int>(n);
-    const unsigned int row = static_cast<unsigned int>(staged_row(n));
-    const index_t remaining = fibers - first;
-    const unsigned int count = remaining < blockDim.x ? static_cast<unsigned int>(remaining)
-                                                      : blockDim.x;
-    const unsigned int total = count * len;
-    const T* src = x + first * n;
-    T* dst = y + first * n;
-    {  // the loop's probe scope ends with the loop
-      TV_PROBE_LOOP(stage_in);
-      TileWalk at(threadIdx.x, len, row);
-      for (unsigned int e = threadIdx.x; e < total; e += blockDim.x, at.advance()) {
-        TV_PROBE_TRIP(stage_in);
-        TV_PROBE_ACCESS(stage_in_global, &src[e]);
-        TV_PROBE_ACCESS(stage_in_shared, &tile[at.at()]);
-        tile[at.at()] = src[e];
-      }
-    }
+    const StagedTile<T> tile(tv1d_shared_raw, n, fibers, first);
+    tile.load(x + first * n);
     __syncthreads();
-    if (threadIdx.x < count) {
+    if (threadIdx.x < tile.count) {
       TV_PROBE(staged_solve);
       const T lam_f = lam(f);
-      T* mine = tile + threadIdx.x * row;
+      T* mine = tile.fiber(threadIdx.x);
       if (kShort) {
         condat_masked(mine, n, lam_f);
       } else if (kMethod == kCondat) {
@@ -396,16 +418,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ x, T* __restrict__
       }
     }
     __syncthreads();
-    {  // the loop's probe scope ends with the loop
-      TV_PROBE_LOOP(stage_out);
-      TileWalk at(threadIdx.x, len, row);
-      for (unsigned int e = threadIdx.x; e < total; e += blockDim.x, at.advance()) {
-        TV_PROBE_TRIP(stage_out);
-        TV_PROBE_ACCESS(stage_out_shared, &tile[at.at()]);
-        TV_PROBE_ACCESS(stage_out_global, &dst[e]);
-        dst[e] = tile[at.at()];
-      }
-    }
+    tile.store(y + first * n);
     return;
   }
   if (kShort || f >= fibers) return;  // the short kernel has no unstaged path
@@ -706,30 +719,15 @@ __global__ void __launch_bounds__(TV1D_BLOCK)
     // tile, solved in place, stored back as grad_x (coalesced). Every thread reaches every
     // barrier; threads past the last fiber only move data.
     extern __shared__ __align__(16) unsigned char tv1d_shared_raw[];
-    T* tile = reinterpret_cast<T*>(tv1d_shared_raw);
-    const unsigned int len = static_cast<unsigned int>(n);
-    const unsigned int row = static_cast<unsigned int>(tv1d::staged_row(n));
-    const index_t remaining = fibers - first;
-    const unsigned int count = remaining < blockDim.x ? static_cast<unsigned int>(remaining)
-                                                      : blockDim.x;
-    const unsigned int total = count * len;
+    const tv1d::StagedTile<T> tile(tv1d_shared_raw, n, fibers, first);
     const index_t offset = first * n;
-    {  // the loop's probe scope ends with the loop
-      TV_PROBE_LOOP(vjp_stage_y);
-      tv1d::TileWalk at(threadIdx.x, len, row);
-      for (unsigned int e = threadIdx.x; e < total; e += blockDim.x, at.advance()) {
-        TV_PROBE_TRIP(vjp_stage_y);
-        TV_PROBE_ACCESS(vjp_stage_global, &y[offset + e]);
-        TV_PROBE_ACCESS(vjp_stage_shared, &tile[at.at()]);
-        tile[at.at()] = y[offset + e];
-      }
-    }
+    tile.load(y + offset);
     __syncthreads();
     unsigned long long ends = 0, ups = 0;
     bool finite = true;
-    if (threadIdx.x < count) {
+    if (threadIdx.x < tile.count) {
       TV_PROBE(vjp_masks);
-      const T* mine = tile + threadIdx.x * row;
+      const T* mine = tile.fiber(threadIdx.x);
       T cur = mine[0];
       TV_PROBE_LOOP(vjp_mask);
       #pragma unroll 1  // one trip per copy: the proxy prices trips as written
@@ -745,31 +743,13 @@ __global__ void __launch_bounds__(TV1D_BLOCK)
       }
     }
     __syncthreads();
-    {  // the loop's probe scope ends with the loop
-      TV_PROBE_LOOP(vjp_stage_g);
-      tv1d::TileWalk at(threadIdx.x, len, row);
-      for (unsigned int e = threadIdx.x; e < total; e += blockDim.x, at.advance()) {
-        TV_PROBE_TRIP(vjp_stage_g);
-        TV_PROBE_ACCESS(vjp_stage_global, &g[offset + e]);
-        TV_PROBE_ACCESS(vjp_stage_shared, &tile[at.at()]);
-        tile[at.at()] = g[offset + e];
-      }
+    tile.load(g + offset);
+    __syncthreads();
+    if (threadIdx.x < tile.count) {
+      grad_lam[f] = tv1d::vjp_staged(tile.fiber(threadIdx.x), n, ends, ups, finite, recip);
     }
     __syncthreads();
-    if (threadIdx.x < count) {
-      grad_lam[f] = tv1d::vjp_staged(tile + threadIdx.x * row, n, ends, ups, finite, recip);
-    }
-    __syncthreads();
-    {  // the loop's probe scope ends with the loop
-      TV_PROBE_LOOP(vjp_stage_out);
-      tv1d::TileWalk at(threadIdx.x, len, row);
-      for (unsigned int e = threadIdx.x; e < total; e += blockDim.x, at.advance()) {
-        TV_PROBE_TRIP(vjp_stage_out);
-        TV_PROBE_ACCESS(vjp_stage_shared, &tile[at.at()]);
-        TV_PROBE_ACCESS(vjp_stage_global, &grad_x[offset + e]);
-        grad_x[offset + e] = tile[at.at()];
-      }
-    }
+    tile.store(grad_x + offset);
     return;
   }
   if (f >= fibers) return;

@@ -120,6 +120,15 @@ def normalize_axes(axes, ndim: int) -> tuple[int, int]:
     return a0, a1
 
 
+def reduced_shape(x_shape: tuple[int, ...], tv_axes) -> tuple[int, ...]:
+    """``x_shape`` with each (normalized) axis in ``tv_axes`` reduced to 1: the shape of one
+    weight per fiber, slice or volume."""
+    reduced = list(x_shape)
+    for a in tv_axes:
+        reduced[a] = 1
+    return tuple(reduced)
+
+
 def lam_to_array(
     lam,
     x_shape: tuple[int, ...],
@@ -138,7 +147,7 @@ def lam_to_array(
     inf: the taut string then returned NaN and the 2D solver a wrong result for a float32 x and
     lam = 1e39, finite in float64).
     """
-    reduced = tuple(1 if d in tv_axes else s for d, s in enumerate(x_shape))
+    reduced = reduced_shape(x_shape, tv_axes)
     lam_arr = check_weight(lam, x_shape, tv_axes, name, compute_dtype=compute_dtype, scale=scale)
     if isinstance(lam_arr, float):
         # What np.broadcast_to returns, built directly (a third of the per-call cost of a scalar).
@@ -180,10 +189,7 @@ def check_weight(
         raise TypeError(f"{name}: expected a real number or real array, got dtype {lam_arr.dtype}")
     given = lam_arr.dtype.type  # bad values are shown in it: float32 -0.1, not -0.10000000149
     lam_arr = lam_arr.astype(np.float64, copy=False)
-    reduced = list(x_shape)
-    for a in tv_axes:
-        reduced[a] = 1
-    reduced = tuple(reduced)
+    reduced = reduced_shape(x_shape, tv_axes)
     fits = _broadcasts_to(lam_arr.shape, reduced)
     if not fits:
         axes_txt = ", ".join(str(a) for a in tv_axes)

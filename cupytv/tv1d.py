@@ -21,6 +21,7 @@ from cupytv._validation import (
     is_cupy_array,
     method_entry,
     normalize_axis,
+    reduced_shape,
     unbroadcast,
     vjp_arguments,
 )
@@ -263,10 +264,7 @@ class Weight:
         normalized axis, or a tuple of them for slices)."""
         axes = (axes,) if isinstance(axes, int) else tuple(axes)
         checked = check_weight(lam, shape, axes, name, compute_dtype=compute)
-        reduced = list(shape)
-        for a in axes:
-            reduced[a] = 1
-        reduced = tuple(reduced)
+        reduced = reduced_shape(shape, axes)
         fibers = math.prod(reduced)
         if isinstance(checked, float):
             return cls(checked, None, 1, 0, getattr(lam, "shape", ()), reduced, fibers)

@@ -22,6 +22,7 @@ from cupytv._validation import (
     check_tol,
     method_entry,
     normalize_axes,
+    reduced_shape,
     split_lam_pair,
     vjp_arguments,
 )
@@ -310,7 +311,7 @@ def prox_tv2d_jvp(
 def _slice_values(pb: _Problem, values, name: str):
     """A weight's tangent per slice (any sign, unlike a weight), in the compute dtype."""
     xp = pb.xp
-    reduced = tuple(1 if d in pb.axes else n for d, n in enumerate(pb.x.shape))
+    reduced = reduced_shape(pb.x.shape, pb.axes)
     values = xp.asarray(values, dtype=pb.compute)
     try:
         values = xp.broadcast_to(values, reduced)

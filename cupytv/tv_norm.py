@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cupytv._validation import check_float_dtype, lam_per_axis, normalize_tv_axes
+from cupytv._validation import check_float_dtype, lam_per_axis, normalize_tv_axes, reduced_shape
 from cupytv.tv1d import _array_module
 
 
@@ -48,7 +48,7 @@ def tv_norm(x, lam=1.0, axes=-1):
     dtype = check_float_dtype(x.dtype)
     tv_axes = normalize_tv_axes(axes, x.ndim)
     lams, _ = lam_per_axis(lam, x.shape, tv_axes, None)
-    total = xp.zeros(tuple(1 if d in tv_axes else s for d, s in enumerate(x.shape)))
+    total = xp.zeros(reduced_shape(x.shape, tv_axes))
     for axis, lam_k in zip(tv_axes, lams, strict=True):
         steps = xp.abs(xp.diff(x, axis=axis))
         total += xp.asarray(lam_k) * steps.sum(axis=tv_axes, keepdims=True, dtype=np.float64)

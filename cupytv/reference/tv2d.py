@@ -48,6 +48,7 @@ from .._validation import (
     host_array,
     lam_to_array,
     normalize_axes,
+    reduced_shape,
     split_lam_pair,
     unbroadcast,
 )
@@ -168,7 +169,7 @@ def prox_tv2d_vjp(x, lam, g, axes=(-2, -1)):
         grad_l[:, s] = reg.sigma @ g_mean
     grad_x = _restore(grad_x, x, axes)
     a0, a1 = normalize_axes(axes, x.ndim)
-    reduced = tuple(1 if d in (a0, a1) else n for d, n in enumerate(x.shape))
+    reduced = reduced_shape(x.shape, (a0, a1))
     per_axis = []
     for k, lam_k in enumerate(split_lam_pair(lam)[:2]):
         full = _from_slices(grad_l[k], reduced, (a0, a1))
